@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import io
 import os
+import queue
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -433,6 +435,43 @@ def iter_frames(
         for t, index, frame in decode:
             yield t, index, _upright(frame)[0]
         decode.check_complete()
+
+
+def prefetch(iterable, depth: int = 8):
+    """Run `iterable` on a background thread, `depth` items ahead: decoding (which releases the GIL inside
+    FFmpeg) overlaps with the consumer's work. Exceptions are re-raised in the consumer, in order."""
+    items: queue.Queue = queue.Queue(maxsize=depth)
+    done = object()
+    stop = threading.Event()
+
+    def produce():
+        try:
+            for item in iterable:
+                if stop.is_set():
+                    return
+                items.put((item, None))
+        except BaseException as exc:  # handed to the consumer, which raises it
+            items.put((None, exc))
+            return
+        items.put((done, None))
+
+    worker = threading.Thread(target=produce, daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, exc = items.get()
+            if exc is not None:
+                raise exc
+            if item is done:
+                return
+            yield item
+    finally:
+        stop.set()
+        while worker.is_alive():  # unblock a producer waiting on a full queue, then let it finish
+            try:
+                items.get_nowait()
+            except queue.Empty:
+                worker.join(timeout=0.01)
 
 
 def load_video(

@@ -20,7 +20,7 @@ import numpy as np
 
 from mllm.face.landmarks import DetectorSettings, Face, FaceDetector
 from mllm.face.tracking import FaceTrack, SubjectTracker, TrackerSettings
-from mllm.media import DEFAULT_LIMITS, MediaLimits, MediaSource, Video, iter_frames, load_image, load_video
+from mllm.media import DEFAULT_LIMITS, MediaLimits, MediaSource, Video, iter_frames, load_image, load_video, prefetch
 
 CACHE_VERSION = 1  # bump when the tracker's output for the same settings changes
 
@@ -117,7 +117,8 @@ def video_face_track(
             return FaceTrack.from_arrays(arrays)
     tracker = SubjectTracker(settings, detector)
     if video is None and num_frames is None and fps is None:
-        frames = ((t, rgb) for t, _, rgb in iter_frames(source, start_s=start_s, end_s=end_s, limits=limits))
+        decoded = prefetch(iter_frames(source, start_s=start_s, end_s=end_s, limits=limits))
+        frames = ((t, rgb) for t, _, rgb in decoded)
     else:
         if video is None:
             video = load_video(

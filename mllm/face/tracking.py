@@ -119,8 +119,10 @@ def _thumbnail(rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     if x1 - x0 < 4 or y1 - y0 < 4:
         return None
-    crop = Image.fromarray(rgb[y0:y1, x0:x1]).convert("L").resize((_THUMB, _THUMB), Image.BILINEAR)
-    thumb = np.asarray(crop, dtype=np.float32).reshape(-1)
+    # The green channel, subsampled to about twice the thumbnail first: a brightness proxy at a tenth of the cost.
+    step = max(1, min(y1 - y0, x1 - x0) // (2 * _THUMB))
+    crop = Image.fromarray(np.ascontiguousarray(rgb[y0:y1:step, x0:x1:step, 1]))
+    thumb = np.asarray(crop.resize((_THUMB, _THUMB), Image.BILINEAR), dtype=np.float32).reshape(-1)
     thumb -= thumb.mean()
     norm = np.linalg.norm(thumb)
     return thumb / norm if norm > 1e-6 else None
@@ -160,9 +162,16 @@ class SubjectTracker:
         self._last_seen_s = 0.0
 
     def _accept_detection(self, rgb: np.ndarray) -> bool:
-        """Detect and take the face that continues the subject; False when there is none."""
-        boxes = [b for b, _ in self.detector.detect_boxes(rgb)]
+        """Detect and take the face that continues the subject; False when there is none.
+
+        While the subject is held, only the region around its box is searched (cheap); a miss there, a loss,
+        or the first frame search the whole frame."""
         self._since_detect = 0
+        boxes = []
+        if self._box is not None:
+            boxes = [b for b, _ in self.detector.detect_boxes(rgb, near=self._box)]
+        if not boxes:
+            boxes = [b for b, _ in self.detector.detect_boxes(rgb)]
         if not boxes:
             return False
         if self._last_box is not None and self._t - self._last_seen_s > self.settings.reset_after_s:

@@ -177,3 +177,18 @@ def test_damaged_cache_entry_is_recomputed(video_without_audio, tmp_path):
     entry.write_bytes(b"garbage")
     track = video_face_track(video_without_audio, num_frames=4, cache=cache)
     assert track.found.all() and cache.misses == 2
+
+
+def test_truncated_video_raises_through_the_decode_thread_and_caches_nothing(media_dir, tmp_path):
+    from mllm.media import CorruptMediaError
+
+    path = synthetic.write_video(media_dir / "long_faces.mkv", synthetic.face_frames(150), fps=25)
+    data = path.read_bytes()
+    cut = tmp_path / "cut_faces.mkv"
+    cut.write_bytes(data[: len(data) // 2])
+    cache = FaceCache(tmp_path / "cache")
+    seen = []
+    with pytest.raises(CorruptMediaError, match="cut_faces.mkv: truncated"):
+        video_face_track(cut, cache=cache, progress=seen.append)
+    assert seen and seen[-1] < 150  # frames before the cut were processed, then the error surfaced
+    assert not list((tmp_path / "cache").rglob("*.npz"))
