@@ -63,7 +63,17 @@ def run(args) -> int:
         clip = load_video(args.media, num_frames=args.frames, with_audio=False)
         detector = DetectorSettings(min_face_fraction=0.25 if args.min_face is None else args.min_face)
         settings = TrackerSettings(detector=detector, redetect_every=args.redetect_every)
-        track = video_face_track(args.media, num_frames=args.frames, settings=settings, video=clip, cache=cache)
+        from tqdm import tqdm
+
+        with tqdm(total=len(clip), desc="tracking", unit="frame", disable=None, leave=False) as bar:
+            track = video_face_track(
+                args.media,
+                num_frames=args.frames,
+                settings=settings,
+                video=clip,
+                cache=cache,
+                progress=lambda n: bar.update(n - bar.n),
+            )
         result = {
             "media": str(args.media),
             "kind": "video",
