@@ -17,6 +17,8 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "doctor": "mllm.doctor",
     "faces": "mllm.face.cli",
+    "make-tiny": "mllm.tiny",
+    "export": "mllm.export",
 }
 
 

@@ -1,0 +1,204 @@
+"""`EmoReasonForConditionalGeneration`: an open MLLM (`base`), face-region attention and a Wav2Vec2 audio branch,
+meeting in one method, `build_inputs_embeds`, which training, reference generation and serving all call."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedModel, Wav2Vec2Config, Wav2Vec2Model
+
+from mllm.config import EmoReasonConfig
+from mllm.model.audio import AudioBranch
+from mllm.model.bases import get_adapter
+from mllm.model.face_attention import FaceRegionGuidedAttention
+
+
+class EmoReasonForConditionalGeneration(PreTrainedModel):
+    config_class = EmoReasonConfig
+    base_model_prefix = "emoreason"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+
+    def __init__(self, config: EmoReasonConfig):
+        super().__init__(config)
+        if not config.base_config:
+            raise ValueError("EmoReasonConfig.base_config is empty: build the model with from_base(base, audio)")
+        self.adapter = get_adapter(config.base_config.get("model_type"))
+        self.base = self.adapter.build(config.base_config)
+        hidden = self.adapter.text_config(self.base).hidden_size
+        self.face_attention = FaceRegionGuidedAttention(
+            hidden,
+            heads=config.face_heads,
+            gate_init=config.face_gate_init,
+            distance_mask=config.face_distance_mask,
+            sigma=config.face_distance_sigma,
+        )
+        self.audio_branch = AudioBranch(
+            Wav2Vec2Model(Wav2Vec2Config(**config.audio_config)), hidden, projector=config.audio_projector
+        )
+        self.post_init()
+
+    def _init_weights(self, module):
+        # The base and the encoder initialise themselves (or are loaded); the new modules keep PyTorch's
+        # defaults and the face gate its small start.
+        pass
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Construction from parts
+
+    @classmethod
+    def from_base(
+        cls,
+        base: str | Path,
+        audio_encoder: str | Path,
+        dtype: torch.dtype | None = None,
+        seed: int | None = None,
+        **config_overrides,
+    ) -> EmoReasonForConditionalGeneration:
+        """Compose a new model from a base MLLM and a Wav2Vec2 checkpoint (hub ids or local paths): their
+        pretrained weights are loaded, the face attention and audio projector start fresh."""
+        from mllm.processor import prepare_tokenizer
+
+        base_type = AutoConfig.from_pretrained(base).model_type
+        adapter = get_adapter(base_type)
+        tokenizer = prepare_tokenizer(base)
+        base_model = adapter.load(str(base), dtype=dtype)
+        if base_model.get_input_embeddings().num_embeddings < len(tokenizer):
+            base_model.resize_token_embeddings(len(tokenizer))
+        encoder = Wav2Vec2Model.from_pretrained(str(audio_encoder), dtype=dtype)
+        config = EmoReasonConfig(
+            base_model=str(base),
+            base_config=base_model.config.to_dict(),
+            audio_encoder=str(audio_encoder),
+            audio_config=encoder.config.to_dict(),
+            image_token_id=tokenizer.convert_tokens_to_ids(config_overrides.get("image_token", "<IMG_CONTEXT>")),
+            audio_token_id=tokenizer.convert_tokens_to_ids(config_overrides.get("audio_token", "<AUDIO_CONTEXT>")),
+            eos_token_id=adapter.text_config(base_model).eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            **config_overrides,
+        )
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = cls(config)
+        model.base.load_state_dict(base_model.state_dict())
+        model.audio_branch.encoder.load_state_dict(encoder.state_dict())
+        if dtype is not None:
+            model.to(dtype)
+        return model
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Which parameters train
+
+    def new_module_parameters(self):
+        """The parameters EmoReason adds (trained in full): face attention, audio layer weights and projector,
+        and the base's vision-to-text projector."""
+        yield from self.face_attention.parameters()
+        yield self.audio_branch.layer_weights
+        yield from self.audio_branch.projector.parameters()
+        yield from self.adapter.projector(self.base).parameters()
+
+    def set_trainable_new_modules(self, trainable: bool = True) -> None:
+        for p in self.new_module_parameters():
+            p.requires_grad_(trainable)
+
+    def freeze_base(self) -> None:
+        """Freeze everything, then unfreeze the new modules (LoRA, if any, is added on top by PEFT)."""
+        for p in self.parameters():
+            p.requires_grad_(False)
+        self.set_trainable_new_modules(True)
+
+    # ------------------------------------------------------------------------------------------------------------
+    # The seam
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.adapter.input_embeddings(self.base)
+
+    def build_inputs_embeds(
+        self,
+        input_ids: torch.LongTensor,
+        pixel_values: torch.Tensor | None = None,
+        image_landmarks: torch.Tensor | None = None,
+        image_has_face: torch.Tensor | None = None,
+        audio_values: torch.Tensor | None = None,
+        audio_lengths: torch.Tensor | None = None,
+        audio_token_counts: torch.Tensor | None = None,
+        **_,
+    ) -> torch.Tensor:
+        """Token ids with placeholders -> input embeddings with visual and audio tokens written in place.
+
+        pixel_values (N, 3, S, S): every image and video frame of the batch, in placeholder order;
+        image_landmarks (N, 68, 2) in [0, 1] of that image, image_has_face (N,);
+        audio_values (A, samples) padded, audio_lengths (A,), audio_token_counts (A,): every audio clip, in order.
+        """
+        embeds = self.get_input_embeddings()(input_ids)
+        if pixel_values is not None and pixel_values.shape[0] > 0:
+            visual = self.adapter.image_features(self.base, pixel_values.to(self.dtype))
+            if image_landmarks is None:
+                image_landmarks = torch.zeros(visual.shape[0], 68, 2, device=visual.device)
+                image_has_face = torch.zeros(visual.shape[0], dtype=torch.bool, device=visual.device)
+            visual = self.face_attention(visual, image_landmarks, image_has_face)
+            embeds = _scatter(
+                embeds, input_ids, self.config.image_token_id, visual.reshape(-1, visual.shape[-1]), "image"
+            )
+        elif bool((input_ids == self.config.image_token_id).any()):
+            raise ValueError("input_ids hold image placeholders but no pixel_values were given")
+        if audio_values is not None and audio_values.shape[0] > 0:
+            pieces = [
+                self.audio_branch(audio_values[i, : int(audio_lengths[i])].to(self.dtype), int(audio_token_counts[i]))
+                for i in range(audio_values.shape[0])
+            ]
+            embeds = _scatter(embeds, input_ids, self.config.audio_token_id, torch.cat(pieces), "audio")
+        elif bool((input_ids == self.config.audio_token_id).any()):
+            raise ValueError("input_ids hold audio placeholders but no audio_values were given")
+        return embeds
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Training forward and generation
+
+    def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
+        media = {k: kwargs.pop(k) for k in list(kwargs) if k in _MEDIA_KEYS}
+        if inputs_embeds is None:
+            inputs_embeds = self.build_inputs_embeds(input_ids, **media)
+        return self.base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids=None, attention_mask=None, **kwargs):
+        """Generated token ids only (the prompt is not repeated)."""
+        media = {k: kwargs.pop(k) for k in list(kwargs) if k in _MEDIA_KEYS}
+        inputs_embeds = self.build_inputs_embeds(input_ids, **media)
+        kwargs.setdefault("eos_token_id", self.config.eos_token_id)
+        kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        return self.base.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+
+_MEDIA_KEYS = (
+    "pixel_values",
+    "image_landmarks",
+    "image_has_face",
+    "audio_values",
+    "audio_lengths",
+    "audio_token_counts",
+)
+
+
+def _scatter(embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, values: torch.Tensor, what: str):
+    mask = input_ids == token_id
+    slots = int(mask.sum())
+    if slots != values.shape[0]:
+        raise ValueError(f"{slots} {what} placeholder tokens in input_ids but {values.shape[0]} {what} embeddings")
+    return embeds.masked_scatter(mask.unsqueeze(-1), values.to(embeds.dtype))
+
+
+def register_auto_classes() -> None:
+    """Make AutoConfig / AutoModel load EmoReason checkpoints. Safe to call twice."""
+    try:
+        AutoConfig.register(EmoReasonConfig.model_type, EmoReasonConfig)
+    except ValueError:
+        pass
+    try:
+        AutoModel.register(EmoReasonConfig, EmoReasonForConditionalGeneration)
+    except ValueError:
+        pass
