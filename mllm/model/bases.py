@@ -18,7 +18,7 @@ REFUSED: dict[str, str] = {
     "prompt_embeds in vLLM gets 1-D positions, so served outputs would differ from training",
     "qwen2_vl": "Qwen2-VL uses M-RoPE (3-D rotary positions); prompt_embeds serving gives 1-D positions",
     "qwen3_vl": "Qwen3-VL uses interleaved M-RoPE (3-D rotary positions); prompt_embeds serving gives 1-D positions",
-    "qwen3_vl_moe": "Qwen3-VL uses interleaved M-RoPE (3-D rotary positions); prompt_embeds serving gives 1-D positions",
+    "qwen3_vl_moe": "Qwen3-VL-MoE uses interleaved M-RoPE (3-D rotary positions); prompt_embeds gives 1-D positions",
     "gemma3": "Gemma 3 attends bidirectionally among image tokens; vLLM's causal language model over prompt_embeds "
     "cannot reproduce that mask",
 }

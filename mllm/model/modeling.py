@@ -3,6 +3,7 @@ meeting in one method, `build_inputs_embeds`, which training, reference generati
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -194,11 +195,7 @@ def _scatter(embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, value
 
 def register_auto_classes() -> None:
     """Make AutoConfig / AutoModel load EmoReason checkpoints. Safe to call twice."""
-    try:
+    with contextlib.suppress(ValueError):
         AutoConfig.register(EmoReasonConfig.model_type, EmoReasonConfig)
-    except ValueError:
-        pass
-    try:
+    with contextlib.suppress(ValueError):
         AutoModel.register(EmoReasonConfig, EmoReasonForConditionalGeneration)
-    except ValueError:
-        pass
