@@ -76,3 +76,36 @@ def truncated_mp4(media_dir, video_with_audio):
     data = video_with_audio.read_bytes()
     path.write_bytes(data[: len(data) // 2])
     return path
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tiny checkpoints (built offline once per session) and media for the model
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    from mllm.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    make_tiny(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dir):
+    from mllm.model import EmoReasonForConditionalGeneration
+
+    return EmoReasonForConditionalGeneration.from_pretrained(str(tiny_dir / "emoreason")).eval()
+
+
+@pytest.fixture(scope="session")
+def tiny_processor(tiny_dir):
+    from mllm.processor import EmoReasonProcessor
+
+    return EmoReasonProcessor.from_pretrained(tiny_dir / "emoreason")
+
+
+@pytest.fixture(scope="session")
+def video_no_face(media_dir):
+    frames = synthetic.face_frames(25, absent=range(25))
+    return synthetic.write_video(media_dir / "noface.mp4", frames, fps=FPS, audio=synthetic.tone(300, 1.0))

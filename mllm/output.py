@@ -1,0 +1,144 @@
+"""The output grammar: `<think>...</think><answer>...</answer>`, one answer format per task, one parser.
+
+The rewards (train/) and the evaluation scorers (eval/) both call `parse`, so training and evaluation can never
+disagree on what a completion says.
+
+    >>> parse("<think>AU6 and AU12 are active.</think><answer>Happiness</answer>", "expr").answer
+    'Happiness'
+    >>> parse("<think>x</think><answer>Joy</answer>", "expr").error
+    'unknown_label'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from mllm.labels import ABAW_AUS, label_space
+
+TASKS = ("expr", "au", "va", "ah")
+AH_ANSWERS = ("present", "absent")
+
+_COMPLETION = re.compile(r"\A\s*<think>(?P<think>.*?)</think>\s*<answer>(?P<answer>.*?)</answer>\s*\Z", re.DOTALL)
+_TAG = re.compile(r"</?(think|answer)>")
+_NUMBER = r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)"
+_VA = re.compile(rf"\A\s*valence\s*=\s*(?P<v>{_NUMBER})\s*,\s*arousal\s*=\s*(?P<a>{_NUMBER})\s*\Z", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Parsed:
+    """A completion that follows the grammar. `answer` is typed by task: a label (expr), a tuple of AU names
+    (au), a (valence, arousal) pair (va), or True/False for ambivalence/hesitancy present/absent (ah)."""
+
+    task: str
+    think: str
+    answer: object
+    error: None = None
+    ok: bool = True
+
+
+@dataclass(frozen=True)
+class ParseError:
+    """What is wrong: `error` is a code (missing_think, missing_answer, truncated, nested_tags, trailing_text,
+    empty_think, empty_answer, unknown_label, bad_format, out_of_range), `message` says it in words."""
+
+    task: str
+    error: str
+    message: str
+    ok: bool = False
+
+
+def format_answer(task: str, value, labels: tuple[str, ...] | None = None) -> str:
+    """The canonical answer text for a task (what the data builders write into targets)."""
+    _check_task(task)
+    if task == "expr":
+        return str(value)
+    if task == "au":
+        return ", ".join(value) if value else "none"
+    if task == "va":
+        valence, arousal = value
+        return f"valence={valence:.2f}, arousal={arousal:.2f}"
+    return "present" if value else "absent"
+
+
+def format_completion(task: str, think: str, value) -> str:
+    return f"<think>{think}</think><answer>{format_answer(task, value)}</answer>"
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {TASKS}")
+
+
+def parse(completion: str, task: str, labels: str | tuple[str, ...] = "abaw_expr") -> Parsed | ParseError:
+    """Parse a completion for `task`; never raises on model output (only on an unknown task or label space)."""
+    _check_task(task)
+    names = label_space(labels) if isinstance(labels, str) else tuple(labels)
+
+    def fail(code: str, message: str) -> ParseError:
+        return ParseError(task=task, error=code, message=message)
+
+    match = _COMPLETION.match(completion)
+    if match is None:
+        if "<think>" not in completion:
+            return fail("missing_think", "no <think> block")
+        if "</think>" not in completion:
+            return fail("truncated", "the <think> block is not closed")
+        if "<answer>" not in completion:
+            return fail("missing_answer", "no <answer> block after </think>")
+        if "</answer>" not in completion:
+            return fail("truncated", "the <answer> block is not closed")
+        return fail("trailing_text", "text outside <think>...</think><answer>...</answer>")
+    think, answer = match.group("think"), match.group("answer")
+    if _TAG.search(think) or _TAG.search(answer):
+        return fail("nested_tags", "<think> or <answer> tags inside a block")
+    if not think.strip():
+        return fail("empty_think", "the <think> block is empty")
+    answer = answer.strip()
+    if not answer:
+        return fail("empty_answer", "the <answer> block is empty")
+
+    if task == "expr":
+        canonical = {n.lower(): n for n in names}
+        if answer.lower() not in canonical:
+            return fail("unknown_label", f"{answer!r} is not one of {', '.join(names)}")
+        return Parsed(task, think.strip(), canonical[answer.lower()])
+    if task == "au":
+        if answer.lower() == "none":
+            return Parsed(task, think.strip(), ())
+        aus = [a.strip().upper() for a in answer.split(",")]
+        unknown = [a for a in aus if a not in ABAW_AUS]
+        if unknown or not all(aus):
+            return fail("unknown_label", f"{', '.join(unknown) or 'empty item'} not among {', '.join(ABAW_AUS)}")
+        if len(set(aus)) != len(aus):
+            return fail("bad_format", "an AU is listed twice")
+        return Parsed(task, think.strip(), tuple(sorted(aus, key=ABAW_AUS.index)))
+    if task == "va":
+        va = _VA.match(answer)
+        if va is None:
+            return fail("bad_format", "expected 'valence=<number>, arousal=<number>'")
+        valence, arousal = float(va.group("v")), float(va.group("a"))
+        if not (-1 <= valence <= 1 and -1 <= arousal <= 1):
+            return fail("out_of_range", f"valence {valence} and arousal {arousal} must lie in [-1, 1]")
+        return Parsed(task, think.strip(), (valence, arousal))
+    if answer.lower() not in AH_ANSWERS:
+        return fail("unknown_label", f"{answer!r} is not 'present' or 'absent'")
+    return Parsed(task, think.strip(), answer.lower() == "present")
+
+
+def answer_regex(task: str, labels: str | tuple[str, ...] = "abaw_expr") -> str:
+    """A regular expression of whole valid completions, for constrained decoding (vLLM structured outputs).
+    The think text may not contain '<', which keeps tags out of it."""
+    _check_task(task)
+    names = label_space(labels) if isinstance(labels, str) else tuple(labels)
+    if task == "expr":
+        answer = "(" + "|".join(re.escape(n) for n in names) + ")"
+    elif task == "au":
+        au = "(" + "|".join(ABAW_AUS) + ")"
+        answer = f"(none|{au}(, {au})*)"
+    elif task == "va":
+        number = r"-?(0(\.[0-9]{1,2})?|1(\.00?)?)"
+        answer = f"valence={number}, arousal={number}"
+    else:
+        answer = "(present|absent)"
+    return rf"<think>[^<]*[^<\s][^<]*</think><answer>{answer}</answer>"
