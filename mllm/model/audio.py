@@ -31,6 +31,11 @@ class AudioBranch(nn.Module):
     def __init__(self, encoder: nn.Module, lm_hidden: int, projector: str = "mlp2x_gelu"):
         super().__init__()
         self.encoder = encoder
+        # Every layer must report its hidden state for the layer weights to line up: no LayerDrop. SpecAugment
+        # masking is off too: the encoder is frozen, and its masks would only add noise to the projector's input.
+        encoder.config.layerdrop = 0.0
+        encoder.config.mask_time_prob = 0.0
+        encoder.config.mask_feature_prob = 0.0
         layers = encoder.config.num_hidden_layers + 1  # the feature projection output plus every layer
         self.layer_weights = nn.Parameter(torch.zeros(layers))
         self.projector = build_projector(projector, encoder.config.hidden_size, lm_hidden)

@@ -39,8 +39,13 @@ class FaceRegionGuidedAttention(nn.Module):
         self.sigma = sigma
 
     def region_tokens(self, landmarks_01: torch.Tensor) -> torch.Tensor:
-        """(F, 68, 2) in [0, 1] -> (F, 9, hidden). Coordinates are centred on 0.5 so a face is near zero."""
-        centred = landmarks_01 - 0.5
+        """(F, 68, 2) in [0, 1] -> (F, 9, hidden). The shape is normalised first (centred on the landmarks' mean,
+        divided by the inter-ocular distance) so the tokens carry expression geometry, not where the face sits or
+        how large it is, at a scale of order one."""
+        right_eye = landmarks_01[:, REGION_INDICES[5]].mean(1)
+        left_eye = landmarks_01[:, REGION_INDICES[6]].mean(1)
+        interocular = (left_eye - right_eye).norm(dim=-1).clamp_min(1e-3)[:, None, None]
+        centred = (landmarks_01 - landmarks_01.mean(1, keepdim=True)) / interocular
         tokens = torch.stack(
             [proj(centred[:, idx].flatten(1)) for proj, idx in zip(self.region_proj, REGION_INDICES, strict=True)],
             dim=1,

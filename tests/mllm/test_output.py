@@ -69,6 +69,9 @@ def test_formatted_completions_parse_back_and_match_the_constraint_regex(task, v
 
 def test_constraint_regex_rejects_what_the_parser_rejects():
     pattern = answer_regex("expr")
-    for bad in ["<think>a</think><answer>Joy</answer>", "<think></think><answer>Anger</answer>",
-                "<think>a<think></think><answer>Anger</answer>"]:
+    for bad in [
+        "<think>a</think><answer>Joy</answer>",
+        "<think></think><answer>Anger</answer>",
+        "<think>a<think></think><answer>Anger</answer>",
+    ]:
         assert re.fullmatch(pattern, bad) is None

@@ -91,9 +91,14 @@ def test_mixed_batch(tiny_model, tiny_processor, astronaut_png, video_with_audio
 def test_placeholder_count_mismatch_is_an_error(tiny_model, tiny_processor, astronaut_png):
     batch = tiny_processor([user({"type": "image", "image": str(astronaut_png)})])
     with pytest.raises(ValueError, match="4 image placeholder tokens in input_ids but 8 image embeddings"):
-        tiny_model.build_inputs_embeds(**{**batch, "pixel_values": batch["pixel_values"].repeat(2, 1, 1, 1),
-                                          "image_landmarks": batch["image_landmarks"].repeat(2, 1, 1),
-                                          "image_has_face": batch["image_has_face"].repeat(2)})
+        tiny_model.build_inputs_embeds(
+            **{
+                **batch,
+                "pixel_values": batch["pixel_values"].repeat(2, 1, 1, 1),
+                "image_landmarks": batch["image_landmarks"].repeat(2, 1, 1),
+                "image_has_face": batch["image_has_face"].repeat(2),
+            }
+        )
     with pytest.raises(ValueError, match="no pixel_values"):
         tiny_model.build_inputs_embeds(batch["input_ids"])
 
@@ -157,7 +162,9 @@ def test_one_step_changes_every_trainable_parameter_and_no_frozen_one(tiny_dir, 
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("face_attention" in n for n in trainable)
-    assert any("audio_branch.projector" in n for n in trainable) and any("multi_modal_projector" in n for n in trainable)
+    assert any("audio_branch.projector" in n for n in trainable) and any(
+        "multi_modal_projector" in n for n in trainable
+    )
     assert not any("audio_branch.encoder" in n or "vision_tower" in n for n in trainable)
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
     peft_model(**batch).loss.backward()

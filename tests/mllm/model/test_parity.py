@@ -1,0 +1,111 @@
+"""Greedy tokens from transformers `generate` on `build_inputs_embeds` equal vLLM's (the CPU build) from the same
+embeddings passed as `prompt_embeds` to the exported language model, without and with a LoRA adapter."""
+
+import os
+
+import pytest
+import torch
+
+from mllm.export import convert_lora_adapter, export_language_model, language_model_lora_config
+
+os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+vllm = pytest.importorskip("vllm")
+
+MAX_NEW_TOKENS = 12
+
+
+@pytest.fixture(scope="module")
+def served(tiny_dir, tiny_processor, tmp_path_factory):
+    """The exported LM, a LoRA adapter converted to its names, and the composed model wearing that adapter."""
+    from peft import get_peft_model
+
+    from mllm.model import EmoReasonForConditionalGeneration
+
+    out = tmp_path_factory.mktemp("served")
+    model = EmoReasonForConditionalGeneration.from_pretrained(str(tiny_dir / "emoreason")).eval()
+    lm_dir = export_language_model(model, tiny_processor.tokenizer, out / "language_model")
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, language_model_lora_config(model, r=8))
+    with torch.no_grad():  # a trained-looking adapter: B away from zero so the outputs differ from the base
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    peft_model.save_pretrained(out / "adapter")
+    lora_dir = convert_lora_adapter(out / "adapter", out / "lora", model, lm_dir)
+    return {"lm": lm_dir, "lora": lora_dir, "peft": peft_model.eval(), "model": model}
+
+
+@pytest.fixture(scope="module")
+def llm(served):
+    engine = vllm.LLM(
+        model=str(served["lm"]),
+        enable_prompt_embeds=True,
+        enable_lora=True,
+        max_lora_rank=8,
+        max_loras=1,
+        dtype="float32",
+        enforce_eager=True,
+        max_model_len=1024,
+        seed=0,
+    )
+    yield engine
+    # Stop the engine process while pytest's output capture is still open (its logger writes on shutdown).
+    engine.llm_engine.engine_core.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny_processor, video_with_audio, astronaut_png, video_no_face):
+    def user(part):
+        return [{"role": "user", "content": [part, {"type": "text", "text": "Which emotion?"}]}]
+
+    return [
+        tiny_processor([user({"type": "video", "video": str(video_with_audio)})]),
+        tiny_processor([user({"type": "image", "image": str(astronaut_png)})]),
+        tiny_processor([user({"type": "video", "video": str(video_no_face)})]),
+    ]
+
+
+def _vllm_tokens(llm, embeds, lora=None):
+    from vllm.lora.request import LoRARequest
+
+    params = vllm.SamplingParams(temperature=0, max_tokens=MAX_NEW_TOKENS)
+    request = LoRARequest("adapter", 1, str(lora)) if lora else None
+    outputs = llm.generate([{"prompt_embeds": e} for e in embeds], params, lora_request=request, use_tqdm=False)
+    return [list(o.outputs[0].token_ids) for o in outputs]
+
+
+def _hf_tokens(model, batch):
+    with torch.no_grad():
+        embeds = model.build_inputs_embeds(**batch)[0]
+        tokens = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[0].tolist()
+    return embeds, tokens
+
+
+def test_parity_without_adapter(llm, served, prompts):
+    model = served["model"]
+    with served["peft"].disable_adapter():
+        pairs = [_hf_tokens(model, batch) for batch in prompts]
+    assert _vllm_tokens(llm, [e for e, _ in pairs]) == [t for _, t in pairs]
+
+
+def test_parity_with_lora_adapter(llm, served, prompts):
+    pairs = [_hf_tokens(served["model"], batch) for batch in prompts]  # the model wears the adapter here
+    with served["peft"].disable_adapter():
+        plain = [_hf_tokens(served["model"], batch)[1] for batch in prompts]
+    assert [t for _, t in pairs] != plain  # the adapter matters, so agreeing below means something
+    assert _vllm_tokens(llm, [e for e, _ in pairs], lora=served["lora"]) == [t for _, t in pairs]
+
+
+def test_adapter_outside_the_language_model_is_refused(served, tmp_path):
+    import json
+
+    from safetensors.torch import save_file
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    save_file(
+        {"base_model.model.face_attention.gate.lora_A.weight": torch.zeros(1)}, bad / "adapter_model.safetensors"
+    )
+    (bad / "adapter_config.json").write_text(json.dumps({"target_modules": ["gate"]}))
+    with pytest.raises(ValueError, match="outside the language model"):
+        convert_lora_adapter(bad, tmp_path / "out", served["model"], served["lm"])
