@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, str] = {
     "faces": "mllm.face.cli",
     "make-tiny": "mllm.tiny",
     "export": "mllm.export",
+    "predict": "mllm.predict",
 }
 
 

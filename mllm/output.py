@@ -126,9 +126,10 @@ def parse(completion: str, task: str, labels: str | tuple[str, ...] = "abaw_expr
     return Parsed(task, think.strip(), answer.lower() == "present")
 
 
-def answer_regex(task: str, labels: str | tuple[str, ...] = "abaw_expr") -> str:
+def answer_regex(task: str, labels: str | tuple[str, ...] = "abaw_expr", max_think_chars: int | None = None) -> str:
     """A regular expression of whole valid completions, for constrained decoding (vLLM structured outputs).
-    The think text may not contain '<', which keeps tags out of it."""
+    The think text may not contain '<', which keeps tags out of it; `max_think_chars` bounds its length so a
+    generation budget always leaves room for the answer."""
     _check_task(task)
     names = label_space(labels) if isinstance(labels, str) else tuple(labels)
     if task == "expr":
@@ -141,4 +142,11 @@ def answer_regex(task: str, labels: str | tuple[str, ...] = "abaw_expr") -> str:
         answer = f"valence={number}, arousal={number}"
     else:
         answer = "(present|absent)"
-    return rf"<think>[^<]*[^<\s][^<]*</think><answer>{answer}</answer>"
+    if max_think_chars is None:
+        think = r"[^<]*[^<\s][^<]*"
+    else:
+        if max_think_chars < 1:
+            raise ValueError(f"max_think_chars must be >= 1, got {max_think_chars}")
+        half = (max_think_chars - 1) // 2
+        think = rf"[^<]{{0,{half}}}[^<\s][^<]{{0,{half}}}"
+    return rf"<think>{think}</think><answer>{answer}</answer>"

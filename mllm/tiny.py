@@ -69,28 +69,61 @@ def build_tokenizer(vocab_size: int = 512):
     return tokenizer
 
 
-def build_base(out: Path, tokenizer, image_size: int = 64, seed: int = 0):
-    """A tiny InternVL-hf model: 64x64 images, 16 px patches, pixel shuffle 0.5 -> 4 visual tokens per image."""
+# Sizes: "tiny" for tests; "mid" for benchmarks (widths of a ~0.5B language model and of wav2vec2-base, fewer layers).
+SIZES = {
+    "tiny": {
+        "image_size": 64,
+        "patch": 16,
+        "vision_hidden": 64,
+        "vision_layers": 2,
+        "lm_hidden": 128,
+        "lm_layers": 2,
+        "lm_heads": 2,
+        "lm_ffn": 256,
+        "audio_hidden": 64,
+        "audio_layers": 2,
+        "audio_conv": 32,
+    },
+    "mid": {
+        "image_size": 224,
+        "patch": 14,
+        "vision_hidden": 384,
+        "vision_layers": 6,
+        "lm_hidden": 896,
+        "lm_layers": 6,
+        "lm_heads": 14,
+        "lm_ffn": 2432,
+        "audio_hidden": 768,
+        "audio_layers": 4,
+        "audio_conv": 512,
+    },
+}
+
+
+def build_base(out: Path, tokenizer, size: str = "tiny", seed: int = 0):
+    """A random InternVL-hf model. "tiny": 64x64 images, 16 px patches, pixel shuffle 0.5 -> 4 visual tokens."""
     import torch
     from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration
 
     torch.manual_seed(seed)
+    s = SIZES[size]
+    image_size = s["image_size"]
     config = InternVLConfig(
         vision_config={
-            "hidden_size": 64,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,
-            "intermediate_size": 128,
+            "hidden_size": s["vision_hidden"],
+            "num_hidden_layers": s["vision_layers"],
+            "num_attention_heads": max(2, s["vision_hidden"] // 64),
+            "intermediate_size": 2 * s["vision_hidden"],
             "image_size": [image_size, image_size],
-            "patch_size": [16, 16],
+            "patch_size": [s["patch"], s["patch"]],
         },
         text_config={
             "model_type": "qwen2",
             "vocab_size": len(tokenizer),
-            "hidden_size": 128,
-            "intermediate_size": 256,
-            "num_hidden_layers": 2,
-            "num_attention_heads": 2,  # head_dim 64: vLLM's CPU attention supports it
+            "hidden_size": s["lm_hidden"],
+            "intermediate_size": s["lm_ffn"],
+            "num_hidden_layers": s["lm_layers"],
+            "num_attention_heads": s["lm_heads"],  # head_dim 64: vLLM's CPU attention supports it
             "num_key_value_heads": 1,
             "head_dim": 64,
             "max_position_embeddings": 4096,
@@ -103,7 +136,7 @@ def build_base(out: Path, tokenizer, image_size: int = 64, seed: int = 0):
             "bos_token_id": None,
         },
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
-        image_seq_length=(image_size // 16) ** 2 // 4,
+        image_seq_length=(image_size // s["patch"]) ** 2 // 4,
         downsample_ratio=0.5,
         tie_word_embeddings=False,
     )
@@ -118,18 +151,19 @@ def build_base(out: Path, tokenizer, image_size: int = 64, seed: int = 0):
     return model
 
 
-def build_audio(out: Path, seed: int = 0):
-    """A tiny Wav2Vec2 (the standard 7-layer 320x downsampling feature encoder, narrow) and its feature extractor."""
+def build_audio(out: Path, size: str = "tiny", seed: int = 0):
+    """A random Wav2Vec2 (the standard 7-layer 320x downsampling feature encoder) and its feature extractor."""
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     torch.manual_seed(seed)
+    s = SIZES[size]
     config = Wav2Vec2Config(
-        hidden_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=128,
-        conv_dim=(32,) * 7,
+        hidden_size=s["audio_hidden"],
+        num_hidden_layers=s["audio_layers"],
+        num_attention_heads=max(2, s["audio_hidden"] // 64),
+        intermediate_size=2 * s["audio_hidden"],
+        conv_dim=(s["audio_conv"],) * 7,
         num_conv_pos_embeddings=16,
         num_conv_pos_embedding_groups=4,
         do_stable_layer_norm=True,
@@ -144,14 +178,14 @@ def build_audio(out: Path, seed: int = 0):
     return model
 
 
-def make_tiny(out: str | Path, seed: int = 0) -> Path:
+def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     from mllm.model import EmoReasonForConditionalGeneration
     from mllm.processor import EmoReasonProcessor
 
     out = Path(out)
     tokenizer = build_tokenizer()
-    build_base(out / "base", tokenizer, seed=seed)
-    build_audio(out / "audio", seed=seed)
+    build_base(out / "base", tokenizer, size=size, seed=seed)
+    build_audio(out / "audio", size=size, seed=seed)
     model = EmoReasonForConditionalGeneration.from_base(out / "base", out / "audio", seed=seed)
     model.save_pretrained(out / "emoreason")
     EmoReasonProcessor.from_base(out / "base", out / "audio", model.config).save_pretrained(out / "emoreason")
@@ -161,9 +195,10 @@ def make_tiny(out: str | Path, seed: int = 0) -> Path:
 def add_arguments(parser) -> None:
     parser.add_argument("out", help="output folder")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny (tests) or mid (benchmarks)")
 
 
 def run(args) -> int:
-    path = make_tiny(args.out, seed=args.seed)
+    path = make_tiny(args.out, seed=args.seed, size=args.size)
     print(f"tiny checkpoints in {args.out}: base/, audio/, emoreason/ (load with from_pretrained('{path}'))")
     return 0
