@@ -5,6 +5,7 @@
                     placeholder tokens, and its image processor config
     OUT/audio/      a Wav2Vec2 model and its feature extractor config
     OUT/emoreason/  the composed EmoReason model (`from_pretrained` loads it), with its processor
+    OUT/sample.mp4  a 2 s clip of a real face with speech, to try the commands on
 
 Tests and the README's offline example use it; real runs point the same code at hub ids or local paths.
 """
@@ -189,7 +190,19 @@ def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
     model = EmoReasonForConditionalGeneration.from_base(out / "base", out / "audio", seed=seed)
     model.save_pretrained(out / "emoreason")
     EmoReasonProcessor.from_base(out / "base", out / "audio", model.config).save_pretrained(out / "emoreason")
+    write_sample_clip(out / "sample.mp4")
     return out / "emoreason"
+
+
+def write_sample_clip(path: Path) -> Path:
+    """A 2 s clip of a real face (the astronaut photograph) with speech from espeak-ng, or a tone without it."""
+    import numpy as np
+
+    from mllm import synthetic
+
+    speech = synthetic.speech("I am not sure how I feel about this.")
+    audio = synthetic.tone(220, 2.0) if speech is None else np.pad(speech[:32000], (0, max(0, 32000 - len(speech))))
+    return synthetic.write_video(path, synthetic.face_frames(50), fps=25, audio=audio)
 
 
 def add_arguments(parser) -> None:
@@ -200,5 +213,5 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     path = make_tiny(args.out, seed=args.seed, size=args.size)
-    print(f"tiny checkpoints in {args.out}: base/, audio/, emoreason/ (load with from_pretrained('{path}'))")
+    print(f"tiny checkpoints in {args.out}: base/, audio/, emoreason/, sample.mp4 (from_pretrained('{path}'))")
     return 0
