@@ -47,6 +47,14 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         # defaults and the face gate its small start.
         pass
 
+    @classmethod
+    def from_pretrained(cls, *args, dtype=None, **kwargs):
+        model = super().from_pretrained(*args, dtype=dtype, **kwargs)
+        # The parts are built inside __init__ by their own constructors, which ignore the requested dtype.
+        if isinstance(dtype, torch.dtype) and model.dtype != dtype:
+            model.to(dtype)
+        return model
+
     # ------------------------------------------------------------------------------------------------------------
     # Construction from parts
 
@@ -134,13 +142,15 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         image_landmarks (N, 68, 2) in [0, 1] of that image, image_has_face (N,);
         audio_values (A, samples) padded, audio_lengths (A,), audio_token_counts (A,): every audio clip, in order.
         """
+        device, dtype = self.device, self.dtype
+        input_ids = input_ids.to(device)
         embeds = self.get_input_embeddings()(input_ids)
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            visual = self.adapter.image_features(self.base, pixel_values.to(self.dtype))
+            visual = self.adapter.image_features(self.base, pixel_values.to(device, dtype))
             if image_landmarks is None:
-                image_landmarks = torch.zeros(visual.shape[0], 68, 2, device=visual.device)
-                image_has_face = torch.zeros(visual.shape[0], dtype=torch.bool, device=visual.device)
-            visual = self.face_attention(visual, image_landmarks, image_has_face)
+                image_landmarks = torch.zeros(visual.shape[0], 68, 2)
+                image_has_face = torch.zeros(visual.shape[0], dtype=torch.bool)
+            visual = self.face_attention(visual, image_landmarks.to(device, dtype), image_has_face.to(device))
             embeds = _scatter(
                 embeds, input_ids, self.config.image_token_id, visual.reshape(-1, visual.shape[-1]), "image"
             )
@@ -148,7 +158,9 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
             raise ValueError("input_ids hold image placeholders but no pixel_values were given")
         if audio_values is not None and audio_values.shape[0] > 0:
             pieces = [
-                self.audio_branch(audio_values[i, : int(audio_lengths[i])].to(self.dtype), int(audio_token_counts[i]))
+                self.audio_branch(
+                    audio_values[i, : int(audio_lengths[i])].to(device, dtype), int(audio_token_counts[i])
+                )
                 for i in range(audio_values.shape[0])
             ]
             embeds = _scatter(embeds, input_ids, self.config.audio_token_id, torch.cat(pieces), "audio")

@@ -189,3 +189,13 @@ def test_generate_returns_new_tokens(tiny_model, tiny_processor, astronaut_png):
     out = tiny_model.generate(**batch, max_new_tokens=5, do_sample=False)
     assert out.shape == (1, 5) or (out.shape[0] == 1 and out.shape[1] <= 5)
     assert np.issubdtype(out.numpy().dtype, np.integer)
+
+
+def test_dtype_is_respected(tiny_dir, tiny_processor, video_with_audio):
+    model = EmoReasonForConditionalGeneration.from_pretrained(str(tiny_dir / "emoreason"), dtype=torch.bfloat16)
+    assert model.dtype == torch.bfloat16
+    batch = tiny_processor([user({"type": "video", "video": str(video_with_audio)})])  # float32 media tensors
+    embeds = model.build_inputs_embeds(**batch)
+    assert embeds.dtype == torch.bfloat16 and torch.isfinite(embeds.float()).all()
+    out = model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert out.shape[0] == 1
