@@ -251,7 +251,7 @@ class EmoReasonProcessor:
     def _video(self, source, media: _Media, num_frames: int, max_seconds: float) -> str:
         from mllm.face import video_face_track
 
-        clip = load_video(source, num_frames=num_frames, end_s=None)
+        clip = load_video(source, num_frames=num_frames, end_s=max_seconds)  # the first `max_seconds` of the clip
         track = video_face_track(source, num_frames=num_frames, video=clip, cache=self.face_cache)
         lines = []
         for i in range(len(clip)):
@@ -315,7 +315,12 @@ class EmoReasonProcessor:
         -100) and no generation prompt is added. `limits`: {"frames": N, "seconds": S} for this request."""
         if conversations and isinstance(conversations[0], dict):
             conversations = [conversations]
+        if not conversations:
+            raise ValueError("no conversations to process")
         limits = limits or {}
+        unknown = set(limits) - {"frames", "seconds"}
+        if unknown or any(not isinstance(v, int | float) or v <= 0 for v in limits.values()):
+            raise ValueError(f"limits take positive 'frames' and 'seconds', got {limits}")
         ids, labels, all_media = [], [], _Media()
         for messages in conversations:
             media = _Media()

@@ -199,3 +199,14 @@ def test_dtype_is_respected(tiny_dir, tiny_processor, video_with_audio):
     assert embeds.dtype == torch.bfloat16 and torch.isfinite(embeds.float()).all()
     out = model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert out.shape[0] == 1
+
+
+def test_limits_are_validated_and_cut_the_video_window(tiny_processor, video_with_audio):
+    with pytest.raises(ValueError, match="limits take positive"):
+        tiny_processor([user({"type": "text", "text": "hi"})], limits={"frames": 0})
+    with pytest.raises(ValueError, match="limits take positive"):
+        tiny_processor([user({"type": "text", "text": "hi"})], limits={"minutes": 1})
+    with pytest.raises(ValueError, match="no conversations"):
+        tiny_processor([])
+    batch = tiny_processor([user({"type": "video", "video": str(video_with_audio)})], limits={"seconds": 1.0})
+    assert batch["audio_lengths"].tolist() == [16000]  # 1 s of the 2 s clip
