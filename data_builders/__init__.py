@@ -1,1 +1,20 @@
-"""EmoReason data_builders."""
+"""Dataset builders: official on-disk layouts in, one instruction schema out (Hugging Face `datasets`)."""
+
+# Lazy "module:function" strings: importing the registry imports no builder.
+BUILDERS: dict[str, str] = {
+    "abaw": "data_builders.abaw:build",
+    "bah": "data_builders.bah:build",
+    "rafdb": "data_builders.images:build_rafdb",
+    "affectnet": "data_builders.images:build_affectnet",
+    "dfew": "data_builders.videos:build_dfew",
+    "mafw": "data_builders.videos:build_mafw",
+}
+
+
+def get_builder(name: str):
+    import importlib
+
+    if name not in BUILDERS:
+        raise ValueError(f"unknown dataset {name!r}; valid: {sorted(BUILDERS)}")
+    module, function = BUILDERS[name].split(":")
+    return getattr(importlib.import_module(module), function)

@@ -20,6 +20,7 @@ SUBCOMMANDS: dict[str, str] = {
     "make-tiny": "mllm.tiny",
     "export": "mllm.export",
     "predict": "mllm.predict",
+    "data": "data_builders.cli",
 }
 
 

@@ -1,0 +1,277 @@
+"""ABAW / Aff-Wild2: EXPR, AU and VA per-frame annotations into clip samples.
+
+Layout (folder names of every edition accepted; the annotation tree may sit one or two folders down):
+
+    ROOT/[...]/EXPR_Recognition_Challenge | EXPR_Classification_Challenge / Train_Set | Validation_Set / <video>.txt
+    ROOT/[...]/AU_Detection_Challenge / ... ;  ROOT/[...]/VA_Estimation_Challenge / ...
+    ROOT/cropped_aligned/<video>/00001.jpg ...   line i of <video>.txt is frame i
+    ROOT/videos/[batch*/]<video>.mp4|avi         raw videos (audio); <name>_left / _right share <name>'s
+    ROOT/[...]/{training,validation}_set_annotations.txt   multi-task list: image,valence,arousal,expression,AU1..AU26
+
+EXPR codes 0-7 (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise, Other), -1 ignored; AU 12 0/1 values,
+-1 ignored; VA two floats in [-1, 1], -5 ignored. Samples are windows of `clip_len` frames every `clip_stride`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from data_builders.common import BuildOptions, BuildReport, guarded, majority, prompt, read_lines, windows
+from data_builders.cot import build_target
+from data_builders.schema import AnnotationError, Sample
+from mllm.labels import ABAW_AUS, LABEL_SPACES
+from mllm.media import VIDEO_EXTENSIONS
+
+EXPR_LABELS = LABEL_SPACES["abaw_expr"]
+TASK_FOLDERS = {
+    "expr": ("EXPR_Recognition_Challenge", "EXPR_Classification_Challenge", "EXPR_Set"),
+    "au": ("AU_Detection_Challenge", "AU_Set"),
+    "va": ("VA_Estimation_Challenge", "VA_Set"),
+}
+SPLIT_FOLDERS = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
+MTL_FILES = {"training_set_annotations.txt": "train", "validation_set_annotations.txt": "validation"}
+HEADERS = {
+    "expr": [n.lower() for n in EXPR_LABELS],
+    "au": [a.lower() for a in ABAW_AUS],
+    "va": ["valence", "arousal"],
+}
+_SIDE = re.compile(r"_(left|right)$")
+
+
+def _find(root: Path, name: str, depth: int = 3) -> Path | None:
+    """`name` at ROOT, ROOT/*, ROOT/*/*, ... without descending into the (huge) crop folders."""
+    for level in range(depth):
+        for path in sorted(root.glob("/".join(["*"] * level + [name]))):
+            if not any("cropped" in part.lower() for part in path.relative_to(root).parts[:-1]):
+                return path
+    return None
+
+
+def _parse_value(task: str, path: Path, line_no: int, text: str):
+    """One annotation line -> the frame's value, or None when the frame is marked invalid."""
+    fields = [f.strip() for f in text.split(",")]
+    try:
+        if task == "expr":
+            if len(fields) != 1:
+                raise ValueError("expected one integer")
+            code = int(fields[0])
+            if code == -1:
+                return None
+            if not 0 <= code < len(EXPR_LABELS):
+                raise AnnotationError(path, line_no, text, f"expression code {code} is outside 0-7 (and -1)")
+            return code
+        if task == "au":
+            if len(fields) != len(ABAW_AUS):
+                raise ValueError(f"expected {len(ABAW_AUS)} values")
+            values = [int(f) for f in fields]
+            if any(v not in (-1, 0, 1) for v in values):
+                raise AnnotationError(path, line_no, text, "AU values must be 0, 1 or -1")
+            return None if -1 in values else values
+        if len(fields) != 2:
+            raise ValueError("expected valence,arousal")
+        valence, arousal = float(fields[0]), float(fields[1])
+        if valence == -5 or arousal == -5:
+            return None
+        if not (-1 <= valence <= 1 and -1 <= arousal <= 1):
+            raise AnnotationError(path, line_no, text, "valence and arousal must lie in [-1, 1] (or -5)")
+        return [valence, arousal]
+    except ValueError as exc:
+        if isinstance(exc, AnnotationError):
+            raise
+        raise AnnotationError(path, line_no, text, f"malformed {task.upper()} line ({exc})") from None
+
+
+def _boxed_value(task: str, path: Path, line_no: int, text: str) -> tuple:
+    return (_parse_value(task, path, line_no, text),)  # (None,) for an invalid frame, told apart from a bad line
+
+
+def _check_header(task: str, path: Path, line_no: int, text: str) -> bool:
+    """True if the line is the header (and it matches the task's columns), False if it is already data."""
+    names = [f.strip().lower() for f in text.split(",")]
+    if not any(c.isalpha() for c in text):
+        return False
+    if names != HEADERS[task]:
+        raise AnnotationError(path, line_no, text, f"header does not match {task.upper()} columns {HEADERS[task]}")
+    return True
+
+
+def read_annotation(path: Path, task: str, options: BuildOptions, report: BuildReport) -> list:
+    """Per-frame values (None for invalid frames) of one video's annotation file."""
+    values = []
+    for i, (line_no, text) in enumerate(read_lines(path, options, report)):
+        # A wrong header means every column would be misread: that stops the build even with --skip-bad.
+        if i == 0 and _check_header(task, path, line_no, text):
+            continue
+        # A skipped bad line stays a frame (marked invalid), so later lines keep their frame numbers.
+        boxed = guarded(options, report, _boxed_value, task, path, line_no, text)
+        values.append(None if boxed is None else boxed[0])
+    return values
+
+
+class _Media:
+    """Crop and raw-video lookup for one ABAW root, listed once."""
+
+    def __init__(self, root: Path, report: BuildReport):
+        self.report = report
+        self.crops = _find(root, "cropped_aligned") or _find(root, "cropped-aligned")
+        self._crop_sets: dict[str, list[int]] = {}
+        self.videos: dict[str, Path] = {}
+        for name in ("videos", "raw_videos", "Videos"):
+            folder = _find(root, name)
+            if folder is not None:
+                for path in sorted(folder.rglob("*")):
+                    if path.suffix.lower() in VIDEO_EXTENSIONS:
+                        self.videos.setdefault(path.stem, path)
+
+    def crop_indices(self, video: str) -> list[int]:
+        if video not in self._crop_sets:
+            folder = self.crops / video if self.crops else None
+            indices = (
+                sorted(int(p.stem) for p in folder.glob("*.jpg") if p.stem.isdigit())
+                if folder and folder.is_dir()
+                else []
+            )
+            if not indices:
+                self.report.missing(folder or f"cropped_aligned/{video}")
+            self._crop_sets[video] = indices
+        return self._crop_sets[video]
+
+    def frame_paths(self, video: str, frame_indices: list[int]) -> list[str]:
+        """Crop paths; a missing crop falls back to the nearest existing frame of the same video."""
+        import bisect
+
+        available = self.crop_indices(video)
+        if not available:
+            return []
+        paths = []
+        for index in frame_indices:
+            pos = bisect.bisect_left(available, index)
+            if pos < len(available) and available[pos] == index:
+                nearest = index
+            else:
+                candidates = [available[p] for p in (pos - 1, pos) if 0 <= p < len(available)]
+                nearest = min(candidates, key=lambda c: (abs(c - index), c))
+                self.report.fallback_frames += 1
+            paths.append(str(self.crops / video / f"{nearest:05d}.jpg"))
+        return paths
+
+    def raw_video(self, video: str) -> str:
+        """The source video; `<name>_left` and `<name>_right` are two subjects of `<name>`'s video and audio."""
+        path = self.videos.get(video) or self.videos.get(_SIDE.sub("", video))
+        return str(path) if path else ""
+
+
+def _clip_samples(video, task, split, values, media: _Media, options, report, source: Path, dataset="abaw"):
+    report.total_frames += len(values)
+    report.invalid_frames += sum(v is None for v in values)
+    raw = media.raw_video(video)
+    samples = []
+    for start, end in windows(len(values), options.clip_len, options.clip_stride):
+        chunk = values[start:end]
+        valid = [v is not None for v in chunk]
+        if not any(valid):
+            report.skipped_clips += 1
+            continue
+        indices = list(range(start + 1, end + 1))  # line i (after the header) is frame i
+        sample = Sample(
+            id=f"{dataset}/{task}/{split}/{video}/{start + 1:05d}-{end:05d}",
+            dataset=dataset,
+            split=split,
+            task=task,
+            subject=video,
+            video=raw,
+            audio=raw,
+            frames=media.frame_paths(video, indices),
+            frame_indices=indices,
+            source_file=str(source),
+            source_line=start + 2 if source.suffix == ".txt" else -1,
+        )
+        good = [v for v in chunk if v is not None]
+        if task == "expr":
+            sample.expression_frames = [-1 if v is None else v for v in chunk]
+            sample.expression_valid = valid
+            sample.expression = EXPR_LABELS[majority(good)]
+            answer, aus = sample.expression, None
+        elif task == "au":
+            sample.au_frames = [[-1] * len(ABAW_AUS) if v is None else v for v in chunk]
+            sample.au_valid = valid
+            sample.aus = [au for k, au in enumerate(ABAW_AUS) if 2 * sum(v[k] for v in good) >= len(good)]
+            answer, aus = tuple(sample.aus), sample.aus
+        else:
+            sample.va_frames = [[-5.0, -5.0] if v is None else v for v in chunk]
+            sample.va_valid = valid
+            sample.valence = round(sum(v[0] for v in good) / len(good), 4)
+            sample.arousal = round(sum(v[1] for v in good) / len(good), 4)
+            answer, aus = (sample.valence, sample.arousal), None
+        part = {"type": "video", "video": raw, "frames": sample.frames, "frame_indices": indices}
+        sample.prompt = prompt(task, part, EXPR_LABELS if task == "expr" else ABAW_AUS)
+        sample.target, sample.target_grounding = build_target(sample.id, task, answer, aus, seed=options.seed)
+        samples.append(sample)
+    return samples
+
+
+def _parse_mtl_line(path: Path, line_no: int, text: str):
+    fields = [f.strip() for f in text.split(",")]
+    if len(fields) != 4 + len(ABAW_AUS):
+        raise AnnotationError(path, line_no, text, f"expected {4 + len(ABAW_AUS)} comma-separated fields")
+    video, _, frame = fields[0].rpartition("/")
+    if not video or not Path(frame).stem.isdigit():
+        raise AnnotationError(path, line_no, text, "image must look like <video>/<frame>.jpg")
+    return (
+        video,
+        int(Path(frame).stem),
+        _parse_value("va", path, line_no, ",".join(fields[1:3])),
+        _parse_value("expr", path, line_no, fields[3]),
+        _parse_value("au", path, line_no, ",".join(fields[4:])),
+    )
+
+
+def _read_mtl(path: Path, options: BuildOptions, report: BuildReport) -> dict[str, dict[str, dict[int, object]]]:
+    """Multi-task list -> {video: {task: {frame index: value or None}}}."""
+    per_video: dict[str, dict[str, dict[int, object]]] = {}
+    for i, (line_no, text) in enumerate(read_lines(path, options, report)):
+        if i == 0 and text.split(",")[0].strip().lower() == "image":
+            continue
+        row = guarded(options, report, _parse_mtl_line, path, line_no, text)
+        if row is None:
+            continue
+        video, index, va, expr, au = row
+        tasks = per_video.setdefault(video, {"expr": {}, "au": {}, "va": {}})
+        tasks["va"][index], tasks["expr"][index], tasks["au"][index] = va, expr, au
+    return per_video
+
+
+def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sample]:
+    media = _Media(options.root, report)
+    samples: list[Sample] = []
+    jobs = []
+    for task, names in TASK_FOLDERS.items():
+        if not options.wants(task):
+            continue
+        folder = next((f for f in (_find(options.root, n) for n in names) if f is not None), None)
+        if folder is None:
+            continue
+        for split_folder, split in SPLIT_FOLDERS.items():
+            if (folder / split_folder).is_dir() and options.wants(split=split):
+                jobs += [(task, split, path) for path in sorted((folder / split_folder).glob("*.txt"))]
+    for name, split in MTL_FILES.items():
+        path = _find(options.root, name)
+        if path is not None and options.wants(split=split):
+            jobs.append(("mtl", split, path))
+    if not jobs:
+        looked_for = sorted(n for names in TASK_FOLDERS.values() for n in names) + sorted(MTL_FILES)
+        raise FileNotFoundError(f"{options.root}: no ABAW annotations found (looked for {looked_for})")
+    for task, split, path in jobs:
+        if task == "mtl":
+            for video, tasks in sorted(_read_mtl(path, options, report).items()):
+                for sub_task, by_index in tasks.items():
+                    if options.wants(sub_task):
+                        values = [by_index.get(i) for i in range(1, max(by_index) + 1)]
+                        samples += _clip_samples(video, sub_task, split, values, media, options, report, path)
+        else:
+            values = read_annotation(path, task, options, report)
+            samples += _clip_samples(path.stem, task, split, values, media, options, report, path)
+        if progress is not None:
+            progress(1, len(jobs))
+    return samples

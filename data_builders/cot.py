@@ -1,0 +1,134 @@
+"""Chain-of-thought targets: observations, interpretation, conclusion, grounded only in the sample's own labels.
+
+Observations name the AUs labelled active (FACS names, intensity words where intensities are known) and the
+vocal or transcript cues the sample has. The interpretation relates them to the EMFACS prototypes, naming only
+active AUs. The conclusion is the answer in `mllm.output`'s format. A sample without AU labels gets an
+explanation from what is known and is marked `target_grounding="labels"`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from mllm.labels import ABAW_AUS, FACS_NAMES
+from mllm.output import format_completion
+
+# EMFACS prototypes (Friesen & Ekman), as sets of AU numbers.
+EMFACS: dict[str, tuple[str, ...]] = {
+    "Happiness": ("AU6", "AU12"),
+    "Sadness": ("AU1", "AU4", "AU15"),
+    "Surprise": ("AU1", "AU2", "AU5", "AU26"),
+    "Fear": ("AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"),
+    "Anger": ("AU4", "AU5", "AU7", "AU23"),
+    "Disgust": ("AU9", "AU15", "AU16", "AU10"),
+    "Contempt": ("AU12", "AU14"),
+}
+
+OBSERVE = (
+    "Observations: {aus}.",
+    "I can see {aus}.",
+    "The face shows {aus}.",
+)
+NO_AUS = (
+    "Observations: no facial action unit is active; the face is at rest.",
+    "No action unit is active: the features stay relaxed.",
+)
+UNKNOWN_AUS = (
+    "No action-unit annotation exists for this sample, so the reasoning rests on its labels alone.",
+    "Action units are not annotated here; I reason from what is known about the sample.",
+)
+INTERPRET_MATCH = (
+    "Together, {aus} are part of the {label} prototype.",
+    "{aus} form the core of how {label} shows on a face.",
+    "This combination ({aus}) is typical of {label}.",
+)
+INTERPRET_NONE = (
+    "None of the active units belongs to a basic-emotion prototype, so they do not point to one emotion.",
+    "The active units do not combine into a basic-emotion prototype.",
+)
+CONCLUDE = ("So the answer is {answer}.", "Conclusion: {answer}.", "Therefore: {answer}.")
+
+
+def intensity_word(value: float) -> str:
+    """FACS intensity letters A-E as words, from OpenFace's 0-5 scale."""
+    for bound, word in ((1.0, "trace"), (2.0, "slight"), (3.0, "marked"), (4.0, "pronounced")):
+        if value < bound:
+            return word
+    return "extreme"
+
+
+def _au_phrase(aus: list[str], intensity: dict[str, float]) -> str:
+    parts = []
+    for au in aus:
+        text = f"{au} ({FACS_NAMES.get(au, 'action unit')})"
+        if au in intensity:
+            text = f"{intensity_word(intensity[au])} {text}"
+        parts.append(text)
+    return ", ".join(parts[:-1]) + f" and {parts[-1]}" if len(parts) > 1 else parts[0]
+
+
+def _rng(sample_id: str, seed: int) -> random.Random:
+    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
+    return random.Random(int.from_bytes(digest[:8], "big"))
+
+
+def best_prototype(aus: list[str], exclude: tuple[str, ...] = ()) -> tuple[str | None, list[str]]:
+    """The EMFACS prototype sharing most AUs with `aus` (ties: the larger share of the prototype)."""
+    best, shared = None, []
+    for label, prototype in EMFACS.items():
+        if label in exclude:
+            continue
+        common = [a for a in aus if a in prototype]
+        if len(common) > len(shared) or (
+            common
+            and len(common) == len(shared)
+            and best
+            and len(common) / len(prototype) > len(shared) / len(EMFACS[best])
+        ):
+            best, shared = label, common
+    return best, shared
+
+
+def build_target(
+    sample_id: str,
+    task: str,
+    answer,
+    aus: list[str] | None,
+    intensity: dict[str, float] | None = None,
+    cues: dict[str, str] | None = None,
+    transcript: str = "",
+    seed: int = 0,
+) -> tuple[str, str]:
+    """(completion, grounding): `aus` None means not annotated; [] means annotated, none active."""
+    rng = _rng(sample_id, seed)
+    intensity = intensity or {}
+    sentences = []
+    if aus is None:
+        sentences.append(rng.choice(UNKNOWN_AUS))
+        grounding = "labels"
+    elif not aus:
+        sentences.append(rng.choice(NO_AUS))
+        grounding = "au"
+    else:
+        ordered = sorted(aus, key=lambda a: ABAW_AUS.index(a) if a in ABAW_AUS else 99 + int(a[2:]))
+        sentences.append(rng.choice(OBSERVE).format(aus=_au_phrase(ordered, intensity)))
+        grounding = "au"
+    for modality, cue in sorted((cues or {}).items()):
+        if cue:
+            sentences.append(f"The {modality} shows: {cue.rstrip('.')}.")
+    if transcript:
+        sentences.append(f'The speaker says: "{transcript.strip()[:300]}".')
+    if aus:
+        target_label = answer if task == "expr" and answer in EMFACS else None
+        label, shared = (target_label, [a for a in aus if a in EMFACS[target_label]]) if target_label else (None, [])
+        if not shared:
+            label, shared = best_prototype(aus)
+        if shared:
+            sentences.append(rng.choice(INTERPRET_MATCH).format(aus=" and ".join(shared), label=label.lower()))
+        else:
+            sentences.append(rng.choice(INTERPRET_NONE))
+    from mllm.output import format_answer
+
+    sentences.append(rng.choice(CONCLUDE).format(answer=format_answer(task, answer)))
+    return format_completion(task, " ".join(sentences), answer), grounding
