@@ -57,10 +57,13 @@ class BuildReport:
 
 def read_lines(path: Path, options: BuildOptions, report: BuildReport) -> Iterator[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-empty lines of a text file."""
-    with open(path, encoding="utf-8-sig") as fh:
-        for line_no, line in enumerate(fh, start=1):
-            if line.strip():
-                yield line_no, line.rstrip("\r\n")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise AnnotationError(path, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            yield line_no, line
 
 
 def guarded(options: BuildOptions, report: BuildReport, fn, *args):
