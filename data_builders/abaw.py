@@ -239,7 +239,8 @@ def _clip_samples(video, task, split, values, media: _Media, options, report, so
         elif task == "au":
             sample.au_frames = [[-1] * len(ABAW_AUS) if v is None else v for v in chunk]
             sample.au_valid = valid
-            sample.aus = [au for au, column in zip(ABAW_AUS, zip(*good), strict=True) if 2 * sum(column) >= len(good)]
+            columns = zip(*good, strict=True)  # per AU, its values over the valid frames
+            sample.aus = [au for au, col in zip(ABAW_AUS, columns, strict=True) if 2 * sum(col) >= len(good)]
             answer, aus = tuple(sample.aus), sample.aus
         else:
             sample.va_frames = [[-5.0, -5.0] if v is None else v for v in chunk]
