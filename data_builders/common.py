@@ -7,7 +7,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from data_builders.schema import AnnotationError
+from data_builders.cot import build_target
+from data_builders.schema import AnnotationError, Sample
 
 QUESTIONS = {
     "expr": "Which facial expression does the person show? Reason about the facial action units, then answer with "
@@ -103,3 +104,21 @@ def majority(values: list[int]) -> int:
     counts = Counter(values)
     best = max(counts.values())
     return next(v for v in values if counts[v] == best)
+
+
+def expression_sample(dataset, split, name, kind: str, media, label, labels, options, source, line_no):
+    """A whole-image or whole-video expression sample (RAF-DB, AffectNet, DFEW, MAFW)."""
+    media = str(media)
+    sample = Sample(
+        id=f"{dataset}/{split}/{name}",
+        dataset=dataset,
+        split=split,
+        task="expr",
+        expression=label,
+        source_file=str(source),
+        source_line=line_no,
+        **({"image": media} if kind == "image" else {"video": media, "audio": media}),
+    )
+    sample.prompt = prompt("expr", {"type": kind, kind: media}, labels)
+    sample.target, sample.target_grounding = build_target(sample.id, "expr", label, None, seed=options.seed)
+    return sample

@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from data_builders.common import BuildOptions, BuildReport, guarded, prompt, read_lines
-from data_builders.cot import build_target
+from data_builders.common import BuildOptions, BuildReport, expression_sample, guarded, read_lines
 from data_builders.schema import AnnotationError, Sample
 from mllm.labels import LABEL_SPACES
 
@@ -30,22 +29,6 @@ AFFECTNET_CODES = {
     7: "Contempt",
 }
 AFFECTNET_EXCLUDED = {8: "None", 9: "Uncertain", 10: "Non-Face"}
-
-
-def _image_sample(dataset, split, name, image, label, labels, options, source, line_no):
-    sample = Sample(
-        id=f"{dataset}/{split}/{name}",
-        dataset=dataset,
-        split=split,
-        task="expr",
-        image=str(image),
-        expression=label,
-        source_file=str(source),
-        source_line=line_no,
-    )
-    sample.prompt = prompt("expr", {"type": "image", "image": str(image)}, labels)
-    sample.target, sample.target_grounding = build_target(sample.id, "expr", label, None, seed=options.seed)
-    return sample
 
 
 def build_rafdb(options: BuildOptions, report: BuildReport, progress=None) -> list[Sample]:
@@ -81,7 +64,7 @@ def build_rafdb(options: BuildOptions, report: BuildReport, progress=None) -> li
             image = options.root / "Image" / "original" / name
         if not image.exists():
             report.missing(image)
-        samples.append(_image_sample("rafdb", split, stem, image, label, labels, options, path, line_no))
+        samples.append(expression_sample("rafdb", split, stem, "image", image, label, labels, options, path, line_no))
     return samples
 
 
@@ -126,6 +109,8 @@ def build_affectnet(options: BuildOptions, report: BuildReport, progress=None) -
                 report.missing(image)
             name = relative.replace("/", "_").rsplit(".", 1)[0]
             samples.append(
-                _image_sample("affectnet", split, name, image, AFFECTNET_CODES[code], labels, options, path, line_no)
+                expression_sample(
+                    "affectnet", split, name, "image", image, AFFECTNET_CODES[code], labels, options, path, line_no
+                )
             )
     return samples

@@ -12,30 +12,12 @@ from __future__ import annotations
 
 import re
 
-from data_builders.common import BuildOptions, BuildReport, guarded, prompt, read_lines
-from data_builders.cot import build_target
+from data_builders.common import BuildOptions, BuildReport, expression_sample, guarded, read_lines
 from data_builders.schema import AnnotationError, Sample
 from mllm.labels import LABEL_SPACES
 
 DFEW_CODES = {1: "Happiness", 2: "Sadness", 3: "Neutral", 4: "Anger", 5: "Surprise", 6: "Disgust", 7: "Fear"}
 MAFW_LABELS = LABEL_SPACES["mafw11"]
-
-
-def _video_sample(dataset, split, name, video, label, labels, options, source, line_no):
-    sample = Sample(
-        id=f"{dataset}/{split}/{name}",
-        dataset=dataset,
-        split=split,
-        task="expr",
-        video=str(video),
-        audio=str(video),
-        expression=label,
-        source_file=str(source),
-        source_line=line_no,
-    )
-    sample.prompt = prompt("expr", {"type": "video", "video": str(video)}, labels)
-    sample.target, sample.target_grounding = build_target(sample.id, "expr", label, None, seed=options.seed)
-    return sample
 
 
 def build_dfew(options: BuildOptions, report: BuildReport, progress=None) -> list[Sample]:
@@ -69,7 +51,9 @@ def build_dfew(options: BuildOptions, report: BuildReport, progress=None) -> lis
                 if not video.exists():
                     report.missing(video)
                 samples.append(
-                    _video_sample("dfew", split, name, video, label, LABEL_SPACES["basic7"], options, path, line_no)
+                    expression_sample(
+                        "dfew", split, name, "video", video, label, LABEL_SPACES["basic7"], options, path, line_no
+                    )
                 )
     return samples
 
@@ -106,6 +90,8 @@ def build_mafw(options: BuildOptions, report: BuildReport, progress=None) -> lis
             if not video.exists():
                 report.missing(video)
             samples.append(
-                _video_sample("mafw", split, clip.rsplit(".", 1)[0], video, label, MAFW_LABELS, options, path, line_no)
+                expression_sample(
+                    "mafw", split, clip.rsplit(".", 1)[0], "video", video, label, MAFW_LABELS, options, path, line_no
+                )
             )
     return samples
