@@ -252,7 +252,8 @@ class EmoReasonProcessor:
         from mllm.face import video_face_track
 
         clip = load_video(source, num_frames=num_frames, end_s=max_seconds)  # the first `max_seconds` of the clip
-        track = video_face_track(source, num_frames=num_frames, video=clip, cache=self.face_cache)
+        # Same sampling arguments as the decode: they are part of the face cache key.
+        track = video_face_track(source, num_frames=num_frames, end_s=max_seconds, video=clip, cache=self.face_cache)
         lines = []
         for i in range(len(clip)):
             points = track.landmarks_68[i] if track.has_face[i] else None
