@@ -210,3 +210,15 @@ def test_limits_are_validated_and_cut_the_video_window(tiny_processor, video_wit
         tiny_processor([])
     batch = tiny_processor([user({"type": "video", "video": str(video_with_audio)})], limits={"seconds": 1.0})
     assert batch["audio_lengths"].tolist() == [16000]  # 1 s of the 2 s clip
+
+
+def test_face_cache_entries_follow_the_decoded_window(tiny_processor, video_without_audio):
+    import os
+    from pathlib import Path
+
+    cache = Path(os.environ["EMOREASON_CACHE"]) / "faces"
+    before = set(cache.rglob("*.npz"))
+    part = {"type": "video", "video": str(video_without_audio)}
+    tiny_processor([user(part)], limits={"seconds": 1.0, "frames": 5})
+    tiny_processor([user(part)], limits={"seconds": 2.0, "frames": 5})
+    assert len(set(cache.rglob("*.npz")) - before) == 2  # two windows, two entries: never one window's landmarks
