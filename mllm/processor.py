@@ -129,16 +129,12 @@ class EmoReasonProcessor:
         image_processor = AutoImageProcessor.from_pretrained(str(base), backend="pil")
         adapter = get_adapter(config.base_config["model_type"])
         base_config = adapter.config_from_dict(config.base_config)
-        size = base_config.vision_config.image_size
-        size = int(size[0] if isinstance(size, list | tuple) else size)
-        patch = base_config.vision_config.patch_size
-        patch = int(patch[0] if isinstance(patch, list | tuple) else patch)
         return cls(
             tokenizer=prepare_tokenizer(base),
-            image_size=size,
+            image_size=adapter.image_size(base_config),
             image_mean=image_processor.image_mean,
             image_std=image_processor.image_std,
-            tokens_per_image=int((size // patch) ** 2 * base_config.downsample_ratio**2),
+            tokens_per_image=adapter.tokens_per_image(base_config),
             feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(str(audio_encoder)),
             frames_per_clip=config.frames_per_clip,
             max_frames=config.max_frames,

@@ -51,17 +51,16 @@ class InternVLAdapter:
     def text_config(self, base: nn.Module):
         return base.config.text_config
 
-    def image_size(self, base: nn.Module) -> int:
-        size = base.config.vision_config.image_size
+    def image_size(self, config) -> int:
+        """Side of the square image the vision tower takes, from the base's config."""
+        size = config.vision_config.image_size
         return int(size[0] if isinstance(size, list | tuple) else size)
 
-    def tokens_per_image(self, base: nn.Module) -> int:
-        patches = self.image_size(base) // int(
-            base.config.vision_config.patch_size[0]
-            if isinstance(base.config.vision_config.patch_size, list | tuple)
-            else base.config.vision_config.patch_size
-        )
-        return int(patches**2 * base.config.downsample_ratio**2)
+    def tokens_per_image(self, config) -> int:
+        """Visual tokens one image becomes: patches per side squared, shrunk by the pixel shuffle."""
+        patch = config.vision_config.patch_size
+        patch = int(patch[0] if isinstance(patch, list | tuple) else patch)
+        return int((self.image_size(config) // patch) ** 2 * config.downsample_ratio**2)
 
     def image_features(self, base: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """(num_images, 3, S, S) -> (num_images, tokens_per_image, lm_hidden)."""
