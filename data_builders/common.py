@@ -9,15 +9,7 @@ from pathlib import Path
 
 from data_builders.cot import build_target
 from data_builders.schema import AnnotationError, Sample
-
-QUESTIONS = {
-    "expr": "Which facial expression does the person show? Reason about the facial action units, then answer with "
-    "one label from: {labels}.",
-    "au": "Which facial action units are active? Reason, then list them from: {labels}, or answer none.",
-    "va": "Estimate the person's valence and arousal in [-1, 1]. Reason, then answer as valence=..., arousal=...",
-    "ah": "Is ambivalence or hesitancy present in this video? Reason about face, voice and words, then answer "
-    "present or absent.",
-}
+from mllm.output import question
 
 
 @dataclass
@@ -79,7 +71,7 @@ def guarded(options: BuildOptions, report: BuildReport, fn, *args):
 
 
 def prompt(task: str, media_part: dict, labels: tuple[str, ...] = (), transcript: str = "") -> list[dict]:
-    text = QUESTIONS[task].format(labels=", ".join(labels))
+    text = question(task, labels)
     if transcript:
         text = f'Transcript: "{transcript}"\n{text}'
     return [{"role": "user", "content": [media_part, {"type": "text", "text": text}]}]

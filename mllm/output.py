@@ -48,6 +48,23 @@ class ParseError:
     ok: bool = False
 
 
+QUESTIONS = {
+    "expr": "Which facial expression does the person show? Reason about the facial action units, then answer with "
+    "one label from: {labels}.",
+    "au": "Which facial action units are active? Reason, then list them from: {labels}, or answer none.",
+    "va": "Estimate the person's valence and arousal in [-1, 1]. Reason, then answer as valence=..., arousal=...",
+    "ah": "Is ambivalence or hesitancy present in this video? Reason about face, voice and words, then answer "
+    "present or absent.",
+}
+
+
+def question(task: str, labels: tuple[str, ...] = ()) -> str:
+    """The question asked for a task, worded once: the data builders write it into training prompts and
+    `emoreason predict` asks it at inference, so the model is never asked differently from how it was taught."""
+    _check_task(task)
+    return QUESTIONS[task].format(labels=", ".join(labels or (ABAW_AUS if task == "au" else ())))
+
+
 def format_answer(task: str, value, labels: tuple[str, ...] | None = None) -> str:
     """The canonical answer text for a task (what the data builders write into targets)."""
     _check_task(task)

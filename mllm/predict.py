@@ -13,14 +13,10 @@ import json
 import os
 from pathlib import Path
 
-HELP = "Answer for one image, video or audio file: the completion and its parsed answer."
+from mllm.labels import label_space as labels_of
+from mllm.output import TASKS, question
 
-QUESTIONS = {
-    "expr": "Which facial expression does the person show? Reason about the action units, then answer with one label.",
-    "au": "Which facial action units are active? Reason, then list them.",
-    "va": "Estimate the person's valence and arousal. Reason, then answer.",
-    "ah": "Is ambivalence or hesitancy present? Reason, then answer present or absent.",
-}
+HELP = "Answer for one image, video or audio file: the completion and its parsed answer."
 
 
 def _part(media: str) -> dict:
@@ -30,8 +26,10 @@ def _part(media: str) -> dict:
     return {"type": kind, kind: str(media)}
 
 
-def build_messages(media: str, task: str) -> list[dict]:
-    return [{"role": "user", "content": [_part(media), {"type": "text", "text": QUESTIONS[task]}]}]
+def build_messages(media: str, task: str, label_space: str = "abaw_expr") -> list[dict]:
+    """The user turn, asked exactly as the data builders ask it in training prompts."""
+    labels = labels_of(label_space) if task == "expr" else ()
+    return [{"role": "user", "content": [_part(media), {"type": "text", "text": question(task, labels)}]}]
 
 
 def exported_language_model(model, tokenizer, model_dir: Path) -> Path:
@@ -53,13 +51,13 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
     from mllm.output import answer_regex, parse
     from mllm.processor import EmoReasonProcessor
 
-    if task not in QUESTIONS:
-        raise ValueError(f"unknown task {task!r}; valid: {sorted(QUESTIONS)}")
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; valid: {TASKS}")
     if engine not in ("vllm", "transformers"):
         raise ValueError(f"unknown engine {engine!r}; valid: vllm, transformers")
     model = EmoReasonForConditionalGeneration.from_pretrained(str(model_dir)).eval()
     processor = EmoReasonProcessor.from_pretrained(model_dir)
-    batch = processor([build_messages(media, task)])
+    batch = processor([build_messages(media, task, model.config.label_space)])
     if engine == "transformers":
         tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)[0]
         text = processor.decode(tokens)
@@ -100,7 +98,7 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
 def add_arguments(parser) -> None:
     parser.add_argument("media", help="image, video or audio file")
     parser.add_argument("--model", required=True, help="EmoReason checkpoint folder")
-    parser.add_argument("--task", default="expr", choices=sorted(QUESTIONS))
+    parser.add_argument("--task", default="expr", choices=TASKS)
     parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     parser.add_argument("--max-new-tokens", type=int, default=160)
 
