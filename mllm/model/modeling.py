@@ -172,7 +172,7 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
     # Training forward and generation
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
-        media = {k: kwargs.pop(k) for k in list(kwargs) if k in _MEDIA_KEYS}
+        media = _pop_media(kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.build_inputs_embeds(input_ids, **media)
         return self.base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -180,8 +180,7 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
         """Generated token ids only (the prompt is not repeated)."""
-        media = {k: kwargs.pop(k) for k in list(kwargs) if k in _MEDIA_KEYS}
-        inputs_embeds = self.build_inputs_embeds(input_ids, **media)
+        inputs_embeds = self.build_inputs_embeds(input_ids, **_pop_media(kwargs))
         kwargs.setdefault("eos_token_id", self.config.eos_token_id)
         kwargs.setdefault("pad_token_id", self.config.pad_token_id)
         return self.base.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
@@ -195,6 +194,11 @@ _MEDIA_KEYS = (
     "audio_lengths",
     "audio_token_counts",
 )
+
+
+def _pop_media(kwargs: dict) -> dict:
+    """Take the media tensors out of a call's keyword arguments: they go to the seam, the rest to the base."""
+    return {k: kwargs.pop(k) for k in _MEDIA_KEYS if k in kwargs}
 
 
 def _scatter(embeds: torch.Tensor, input_ids: torch.Tensor, token_id: int, values: torch.Tensor, what: str):
