@@ -127,7 +127,7 @@ def _bulk_values(task: str, lines: list[str]) -> list | None:
 
 def read_annotation(path: Path, task: str, options: BuildOptions, report: BuildReport) -> list:
     """Per-frame values (None for invalid frames) of one video's annotation file."""
-    numbered = list(read_lines(path, options, report))
+    numbered = list(read_lines(path))
     if numbered:
         # A wrong header means every column would be misread: that stops the build even with --skip-bad.
         has_header = _check_header(task, path, numbered[0][0], numbered[0][1])
@@ -274,7 +274,7 @@ def _parse_mtl_line(path: Path, line_no: int, text: str):
 def _read_mtl(path: Path, options: BuildOptions, report: BuildReport) -> dict[str, dict[str, dict[int, object]]]:
     """Multi-task list -> {video: {task: {frame index: value or None}}}."""
     per_video: dict[str, dict[str, dict[int, object]]] = {}
-    for i, (line_no, text) in enumerate(read_lines(path, options, report)):
+    for i, (line_no, text) in enumerate(read_lines(path)):
         if i == 0 and text.split(",")[0].strip().lower() == "image":
             continue
         row = guarded(options, report, _parse_mtl_line, path, line_no, text)

@@ -15,7 +15,7 @@ import csv
 import re
 from pathlib import Path
 
-from data_builders.common import BuildOptions, BuildReport, guarded, prompt, read_lines
+from data_builders.common import BuildOptions, BuildReport, complain, guarded, prompt, read_lines
 from data_builders.cot import build_target
 from data_builders.schema import AnnotationError, Sample
 
@@ -96,7 +96,7 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
         path = split_dir / f"{name}.txt"
         if not path.exists() or not options.wants(split=split):
             continue
-        for line_no, text in read_lines(path, options, report):
+        for line_no, text in read_lines(path):
 
             def parse(line_no=line_no, text=text, path=path):
                 parts = text.split(",", 2)  # the transcript (third field) keeps its own commas
@@ -118,10 +118,9 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
                 loaded = guarded(options, report, read_annotation, annotation_path)
                 if loaded is not None:
                     if loaded["label"] != label:
-                        guarded(
+                        complain(
                             options,
                             report,
-                            _raise,
                             AnnotationError(
                                 annotation_path,
                                 None,
@@ -166,10 +165,6 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
     return samples
 
 
-def _raise(exc):
-    raise exc
-
-
 def _frame_labels(options: BuildOptions, report: BuildReport) -> list[Sample]:
     """Frame-level split lines, grouped per video into one sample holding every labelled frame."""
     folder = options.root / "split-frames"
@@ -179,7 +174,7 @@ def _frame_labels(options: BuildOptions, report: BuildReport) -> list[Sample]:
         if not path.exists() or not options.wants(split=split):
             continue
         per_video: dict[str, dict[int, int]] = {}
-        for line_no, text in read_lines(path, options, report):
+        for line_no, text in read_lines(path):
 
             def parse(line_no=line_no, text=text, path=path):
                 image, _, value = text.rpartition(",")

@@ -48,7 +48,7 @@ class BuildReport:
         self.missing_media.append(str(path))
 
 
-def read_lines(path: Path, options: BuildOptions, report: BuildReport) -> Iterator[tuple[int, str]]:
+def read_lines(path: Path) -> Iterator[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-empty lines of a text file."""
     try:
         text = Path(path).read_text(encoding="utf-8-sig")
@@ -59,14 +59,19 @@ def read_lines(path: Path, options: BuildOptions, report: BuildReport) -> Iterat
             yield line_no, line
 
 
+def complain(options: BuildOptions, report: BuildReport, error: AnnotationError) -> None:
+    """A malformed annotation stops the build, or with --skip-bad is counted and reported."""
+    if not options.skip_bad:
+        raise error
+    report.bad_lines.append(str(error))
+
+
 def guarded(options: BuildOptions, report: BuildReport, fn, *args):
-    """Call a line parser; a malformed line stops the build, or with --skip-bad is counted and reported."""
+    """Call a line parser; on a malformed line, `complain` and return None."""
     try:
         return fn(*args)
     except AnnotationError as exc:
-        if not options.skip_bad:
-            raise
-        report.bad_lines.append(str(exc))
+        complain(options, report, exc)
         return None
 
 

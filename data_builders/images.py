@@ -38,7 +38,7 @@ def build_rafdb(options: BuildOptions, report: BuildReport, progress=None) -> li
     labels = LABEL_SPACES["basic7"]
     samples = []
 
-    for line_no, text in read_lines(path, options, report):
+    for line_no, text in read_lines(path):
 
         def parse(line_no=line_no, text=text):
             fields = text.split()
@@ -81,7 +81,7 @@ def build_affectnet(options: BuildOptions, report: BuildReport, progress=None) -
         path = folder / filename
         if not path.exists() or not options.wants(split=split):
             continue
-        for i, (line_no, text) in enumerate(read_lines(path, options, report)):
+        for i, (line_no, text) in enumerate(read_lines(path)):
             if i == 0 and text.lower().startswith("subdirectory_filepath"):
                 continue
 

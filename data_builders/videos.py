@@ -31,7 +31,7 @@ def build_dfew(options: BuildOptions, report: BuildReport, progress=None) -> lis
             split = f"fold{fold}_{part}"
             if not options.wants(split=split):
                 continue
-            for i, (line_no, text) in enumerate(read_lines(path, options, report)):
+            for i, (line_no, text) in enumerate(read_lines(path)):
                 if i == 0 and not text.split(",")[0].strip().isdigit():
                     continue  # header
 
@@ -69,7 +69,7 @@ def build_mafw(options: BuildOptions, report: BuildReport, progress=None) -> lis
         split = f"fold{fold}_{part}"
         if not options.wants(split=split):
             continue
-        for line_no, text in read_lines(path, options, report):
+        for line_no, text in read_lines(path):
 
             def parse(line_no=line_no, text=text, path=path):
                 fields = text.split()

@@ -252,3 +252,13 @@ def test_cli_build_summary_and_inspect(tmp_path, capsys):
     assert cli(["data", "build", "abaw", "--root", str(root), "--out", str(tmp_path / "bad")]) == 1
     err = capsys.readouterr().err
     assert "vidA.txt:42" in err and not (tmp_path / "bad").exists()
+
+
+def test_bah_global_label_disagreeing_with_the_split_file(tmp_path):
+    root = layouts.bah_tree(tmp_path)
+    (root / "annotations" / "v2.yaml").write_text("global_label: 1\n")  # split/train.txt says 0
+    with pytest.raises(AnnotationError, match=r"v2.yaml: global label disagrees with train.txt:2 \(0\)"):
+        build("bah", root)
+    samples, report = build("bah", root, skip_bad=True)
+    assert len(report.bad_lines) == 1 and "disagrees" in report.bad_lines[0]
+    assert by_id(samples)["bah/train/v2"].ah == 0  # the split file's label is kept
