@@ -125,25 +125,22 @@ def _bulk_values(task: str, lines: list[str]) -> list | None:
         return None
 
 
-def read_annotation(path: Path, task: str, options: BuildOptions, report: BuildReport) -> list:
-    """Per-frame values (None for invalid frames) of one video's annotation file."""
+def read_annotation(path: Path, task: str, options: BuildOptions, report: BuildReport) -> tuple[list, list[int]]:
+    """Per-frame values (None for invalid frames) of one video's annotation file, and each frame's line number."""
     numbered = list(read_lines(path))
-    if numbered:
-        # A wrong header means every column would be misread: that stops the build even with --skip-bad.
-        has_header = _check_header(task, path, numbered[0][0], numbered[0][1])
-        data = numbered[1:] if has_header else numbered
-        fast = _bulk_values(task, [text for _, text in data])
-        if fast is not None:
-            return fast
+    # A wrong header means every column would be misread: that stops the build even with --skip-bad.
+    if numbered and _check_header(task, path, *numbered[0]):
+        numbered = numbered[1:]
+    lines = [line_no for line_no, _ in numbered]
+    fast = _bulk_values(task, [text for _, text in numbered])
+    if fast is not None:
+        return fast, lines
     values = []
-    for i, (line_no, text) in enumerate(numbered):
-        # A wrong header means every column would be misread: that stops the build even with --skip-bad.
-        if i == 0 and _check_header(task, path, line_no, text):
-            continue
+    for line_no, text in numbered:
         # A skipped bad line stays a frame (marked invalid), so later lines keep their frame numbers.
         boxed = guarded(options, report, _boxed_value, task, path, line_no, text)
         values.append(None if boxed is None else boxed[0])
-    return values
+    return values, lines
 
 
 class _Media:
@@ -205,7 +202,8 @@ class _Media:
         return str(path) if path else ""
 
 
-def _clip_samples(video, task, split, values, media: _Media, options, report, source: Path, dataset="abaw"):
+def _clip_samples(video, task, split, values, lines, media: _Media, options, report, source: Path, dataset="abaw"):
+    """`values[k]` is frame k + 1 (None when invalid); `lines[k]` its line in `source` (-1 if it has none)."""
     report.total_frames += len(values)
     report.invalid_frames += sum(v is None for v in values)
     raw = media.raw_video(video)
@@ -228,7 +226,7 @@ def _clip_samples(video, task, split, values, media: _Media, options, report, so
             frames=media.frame_paths(video, indices),
             frame_indices=indices,
             source_file=str(source),
-            source_line=start + 2 if source.suffix == ".txt" else -1,
+            source_line=lines[start],
         )
         good = [v for v in chunk if v is not None]
         if task == "expr":
@@ -272,7 +270,7 @@ def _parse_mtl_line(path: Path, line_no: int, text: str):
 
 
 def _read_mtl(path: Path, options: BuildOptions, report: BuildReport) -> dict[str, dict[str, dict[int, object]]]:
-    """Multi-task list -> {video: {task: {frame index: value or None}}}."""
+    """Multi-task list -> {video: {task: {frame index: value or None}, "lines": {frame index: line number}}}."""
     per_video: dict[str, dict[str, dict[int, object]]] = {}
     for i, (line_no, text) in enumerate(read_lines(path)):
         if i == 0 and text.split(",")[0].strip().lower() == "image":
@@ -281,8 +279,9 @@ def _read_mtl(path: Path, options: BuildOptions, report: BuildReport) -> dict[st
         if row is None:
             continue
         video, index, va, expr, au = row
-        tasks = per_video.setdefault(video, {"expr": {}, "au": {}, "va": {}})
+        tasks = per_video.setdefault(video, {"expr": {}, "au": {}, "va": {}, "lines": {}})
         tasks["va"][index], tasks["expr"][index], tasks["au"][index] = va, expr, au
+        tasks["lines"][index] = line_no
     return per_video
 
 
@@ -309,13 +308,16 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
     for task, split, path in jobs:
         if task == "mtl":
             for video, tasks in sorted(_read_mtl(path, options, report).items()):
+                by_line = tasks.pop("lines")
+                frames = range(1, max(by_line) + 1)
+                lines = [by_line.get(i, -1) for i in frames]
                 for sub_task, by_index in tasks.items():
                     if options.wants(sub_task):
-                        values = [by_index.get(i) for i in range(1, max(by_index) + 1)]
-                        samples += _clip_samples(video, sub_task, split, values, media, options, report, path)
+                        values = [by_index.get(i) for i in frames]
+                        samples += _clip_samples(video, sub_task, split, values, lines, media, options, report, path)
         else:
-            values = read_annotation(path, task, options, report)
-            samples += _clip_samples(path.stem, task, split, values, media, options, report, path)
+            values, lines = read_annotation(path, task, options, report)
+            samples += _clip_samples(path.stem, task, split, values, lines, media, options, report, path)
         if progress is not None:
             progress(1, len(jobs))
     return samples

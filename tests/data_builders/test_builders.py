@@ -57,6 +57,7 @@ def test_abaw_expr_clips_labels_masks_and_coverage(tmp_path, expr_folder):
     assert not [s for s in samples if s.subject == "vidB"]
     assert report.invalid_frames == 3 + 20 and report.total_frames == 60
     assert clips[0].video.endswith("videos/batch1/vidA.mp4") and clips[0].split == "train"
+    assert [c.source_line for c in clips] == [2, 18, 26]  # line 1 is the header; frame i is on line i + 1
     assert_targets_grounded(samples)
     assert all(s.target_grounding == "labels" for s in samples)  # EXPR-only: no AU labels to name
 
@@ -90,6 +91,7 @@ def test_abaw_multitask_list(tmp_path):
     assert tasks["expr"].expression == "Sadness" and tasks["au"].aus == ["AU1", "AU4", "AU15"]
     assert tasks["va"].valence == pytest.approx(-0.4) and tasks["expr"].frame_indices == list(range(1, 11))
     assert tasks["au"].source_file.endswith("training_set_annotations.txt")
+    assert all(s.source_line == 2 for s in samples)  # frame 1 of vidM is on line 2 of the list
 
 
 def test_abaw_malformed_line_names_file_line_and_text(tmp_path):
@@ -262,3 +264,13 @@ def test_bah_global_label_disagreeing_with_the_split_file(tmp_path):
     samples, report = build("bah", root, skip_bad=True)
     assert len(report.bad_lines) == 1 and "disagrees" in report.bad_lines[0]
     assert by_id(samples)["bah/train/v2"].ah == 0  # the split file's label is kept
+
+
+def test_abaw_file_without_header_and_provenance_lines(tmp_path):
+    root = layouts.abaw_tree(tmp_path)
+    path = root / "6th_ABAW_Annotations" / "EXPR_Recognition_Challenge" / "Train_Set" / "vidA.txt"
+    path.write_text("\n".join(path.read_text().splitlines()[1:]) + "\n")  # no header: line i is frame i
+    samples, _ = build("abaw", root, tasks=("expr",))
+    clips = sorted((s for s in samples if s.subject == "vidA"), key=lambda s: s.frame_indices[0])
+    assert [c.expression for c in clips] == ["Happiness", "Sadness", "Anger"]
+    assert [c.source_line for c in clips] == [1, 17, 25]
