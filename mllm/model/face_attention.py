@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from mllm.face.regions import REGIONS
+from mllm.face.regions import LEFT_EYE, REGIONS, RIGHT_EYE
 
 REGION_INDICES = [list(r) for r in REGIONS.values()]
 
@@ -42,8 +42,8 @@ class FaceRegionGuidedAttention(nn.Module):
         """(F, 68, 2) in [0, 1] -> (F, 9, hidden). The shape is normalised first (centred on the landmarks' mean,
         divided by the inter-ocular distance) so the tokens carry expression geometry, not where the face sits or
         how large it is, at a scale of order one."""
-        right_eye = landmarks_01[:, REGION_INDICES[5]].mean(1)
-        left_eye = landmarks_01[:, REGION_INDICES[6]].mean(1)
+        right_eye = landmarks_01[:, list(RIGHT_EYE)].mean(1)
+        left_eye = landmarks_01[:, list(LEFT_EYE)].mean(1)
         interocular = (left_eye - right_eye).norm(dim=-1).clamp_min(1e-3)[:, None, None]
         centred = (landmarks_01 - landmarks_01.mean(1, keepdim=True)) / interocular
         tokens = torch.stack(
