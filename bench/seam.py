@@ -87,8 +87,7 @@ def main(argv=None) -> int:
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        audio = synthetic.speech("I am not sure how I feel about this at all.")
-        audio = synthetic.tone(220, 2.0) if audio is None else audio[:32000]
+        audio = synthetic.speech_or_tone("I am not sure how I feel about this at all.", 2.0)
         video = synthetic.write_video(tmp / "clip.mp4", synthetic.face_frames(50), fps=25, audio=audio)
         for size in ("tiny", "mid"):
             console.print(f"{size}: building random checkpoints, then timing ...")

@@ -98,6 +98,15 @@ def speech(text: str, sample_rate: int = 16_000) -> np.ndarray | None:
     return audio.samples
 
 
+def speech_or_tone(text: str, seconds: float, tone_hz: float = 220.0, sample_rate: int = 16_000) -> np.ndarray:
+    """Exactly `seconds` of `text` spoken by espeak-ng (cut or padded with silence), or a tone without it."""
+    samples = speech(text, sample_rate)
+    n = int(round(seconds * sample_rate))
+    if samples is None:
+        return tone(tone_hz, seconds, sample_rate)
+    return np.pad(samples[:n], (0, max(0, n - len(samples))))
+
+
 def _audio_frames(stream, samples: np.ndarray, sample_rate: int):
     size = stream.codec_context.frame_size or 1024
     fmt = stream.codec_context.format.name

@@ -196,12 +196,10 @@ def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
 
 def write_sample_clip(path: Path) -> Path:
     """A 2 s clip of a real face (the astronaut photograph) with speech from espeak-ng, or a tone without it."""
-    import numpy as np
 
     from mllm import synthetic
 
-    speech = synthetic.speech("I am not sure how I feel about this.")
-    audio = synthetic.tone(220, 2.0) if speech is None else np.pad(speech[:32000], (0, max(0, 32000 - len(speech))))
+    audio = synthetic.speech_or_tone("I am not sure how I feel about this.", 2.0)
     return synthetic.write_video(path, synthetic.face_frames(50), fps=25, audio=audio)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from mllm import synthetic
@@ -29,11 +28,7 @@ def media_dir(tmp_path_factory):
 @pytest.fixture(scope="session")
 def speech_or_tone():
     """Two seconds of espeak-ng speech when the set-up installed it, else a 440 Hz tone."""
-    samples = synthetic.speech("I am not sure how I feel about this.")
-    if samples is None:
-        return synthetic.tone(440, SECONDS)
-    samples = samples[: int(SECONDS * 16_000)]
-    return np.pad(samples, (0, int(SECONDS * 16_000) - len(samples)))
+    return synthetic.speech_or_tone("I am not sure how I feel about this.", SECONDS, tone_hz=440)
 
 
 @pytest.fixture(scope="session")
