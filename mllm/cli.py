@@ -33,28 +33,44 @@ def build_parser() -> argparse.ArgumentParser:
         prog="emoreason",
         description="EmoReason: multimodal-LLM emotion reasoning from raw video, audio and images.",
     )
+    verbose_help = "show the traceback of an error, not just one line"
+    parser.add_argument("--verbose", dest="verbose_top", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, module_name in SUBCOMMANDS.items():
         module = importlib.import_module(module_name)
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)
+        if not any("--verbose" in action.option_strings for action in p._actions):
+            p.add_argument("--verbose", action="store_true", help=verbose_help)
         p.set_defaults(_run=module.run)
     return parser
 
 
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 400 else text[:397] + "..."
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from mllm.media import MediaError
-
+    # Every failure is one line on stderr and a non-zero exit; `--verbose` adds the traceback.
     try:
         return int(args._run(args) or 0)
-    except (UserError, MediaError, FileNotFoundError, ValueError) as exc:
-        print(f"emoreason {args.command}: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"emoreason {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if args.verbose or args.verbose_top:
+            import traceback
+
+            traceback.print_exc()
+        from mllm.media import MediaError
+
+        expected = isinstance(exc, UserError | MediaError | OSError | ValueError | LookupError)
+        kind = "error" if expected else f"internal error ({type(exc).__name__}; --verbose shows where)"
+        print(f"emoreason {args.command}: {kind}: {_one_line(exc)}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

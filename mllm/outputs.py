@@ -1,0 +1,172 @@
+"""Where commands may write, and how: the user's files are never deleted or overwritten.
+
+    out = claim_output_dir("runs/faces", protect=[media_path])   # refuses before any work starts
+    atomic_write_text(out / "landmarks.json", text)               # temp name beside it, then rename
+    with atomic_dir(out / "dataset") as tmp:                      # a whole folder, renamed into place
+        dataset.save_to_disk(tmp)
+
+Rules (README, "Bad input and limits"):
+- A command writes only into a folder that is new, empty, or marked by `MARKER` as written by this tool before.
+  A folder of anything else, an existing file, or a folder that is (or contains) one of the command's inputs is
+  refused with `OutputRefusedError` naming it.
+- Every file and folder is written under a temporary name beside its final name (`.NAME.emoreason-tmp-PID-...`)
+  and renamed into place, so a killed run leaves the previous output intact.
+- Leftover temporaries of killed runs (their PID no longer alive) are removed by the next run that claims the
+  folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+MARKER = ".emoreason-output"
+TMP_TAG = ".emoreason-tmp-"
+_TMP_PATTERN = re.compile(r"^\..+\.emoreason-tmp-(\d+)-")
+
+
+class OutputRefusedError(ValueError):
+    """An output location that would destroy or mix with the user's files; refused before any work starts."""
+
+
+def _resolved(path: str | os.PathLike) -> Path:
+    return Path(os.path.abspath(os.path.expanduser(path)))
+
+
+def _is_within(child: Path, parent: Path) -> bool:
+    return child == parent or parent in child.parents
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_litter(folder: str | os.PathLike) -> list[Path]:
+    """Remove temporaries left in `folder` by killed runs of this tool (their process is gone). Returns them."""
+    removed = []
+    folder = Path(folder)
+    if not folder.is_dir():
+        return removed
+    for entry in folder.iterdir():
+        match = _TMP_PATTERN.match(entry.name)
+        if match is None or _pid_alive(int(match.group(1))):
+            continue
+        # Killed between atomic_dir's two renames: the previous version is put back, not thrown away.
+        final = folder / match.group(0)[1 : -len(match.group(1)) - len(TMP_TAG) - 1]
+        previous = entry / "previous"
+        if "-old-" in entry.name and previous.exists() and not final.exists():
+            os.replace(previous, final)
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                entry.unlink()
+        removed.append(entry)
+    return removed
+
+
+def _check_writable(folder: Path, what: str) -> None:
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise OutputRefusedError(f"{folder}: {what} is not writable")
+
+
+def claim_output_dir(path: str | os.PathLike, protect: Iterable[str | os.PathLike] = (), what: str = "--out") -> Path:
+    """Make `path` this tool's output folder, or refuse (`OutputRefusedError`) before any work starts.
+
+    Accepted: a path that does not exist (created with its parents), an empty folder, or a folder holding
+    `MARKER` (output this tool wrote before). Refused: an existing file, a folder of other files, and any folder
+    that is one of `protect` (the command's inputs), inside one, or contains one. Leftovers of killed runs in the
+    folder are removed. The marker is written before returning."""
+    out = _resolved(path)
+    for item in protect:
+        guarded = _resolved(item)
+        if _is_within(out, guarded) and guarded.is_dir():
+            raise OutputRefusedError(f"{path}: {what} is inside the input folder {item}; choose a separate folder")
+        if _is_within(guarded, out):
+            raise OutputRefusedError(f"{path}: {what} contains the input {item}; choose a separate folder")
+    if out.exists() and not out.is_dir():
+        raise OutputRefusedError(f"{path}: {what} exists and is not a folder")
+    if out.is_dir():
+        _check_writable(out, what)
+        clean_litter(out)
+        entries = [e.name for e in out.iterdir()]
+        if entries and MARKER not in entries:
+            raise OutputRefusedError(
+                f"{path}: {what} is a folder of other files (not written by emoreason); choose a new or empty folder"
+            )
+    else:
+        parent = out.parent
+        while not parent.exists():
+            parent = parent.parent
+        if not parent.is_dir():
+            raise OutputRefusedError(f"{path}: {what} cannot be created under {parent}, which is not a folder")
+        _check_writable(parent, f"{what}'s parent folder {parent}")
+        out.mkdir(parents=True, exist_ok=True)
+    marker = out / MARKER
+    if not marker.exists():
+        atomic_write_text(marker, "This folder holds output written by emoreason.\n")
+    return out
+
+
+def _tmp_name(final: Path) -> str:
+    return f".{final.name}{TMP_TAG}{os.getpid()}-"
+
+
+@contextlib.contextmanager
+def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path beside `final`; on success it is renamed to `final`, on error removed."""
+    final = Path(final)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_name(final), dir=final.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, final)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+
+
+def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(final) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def atomic_write_text(final: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(final, text.encode("utf-8"))
+
+
+@contextlib.contextmanager
+def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `final`; on success it replaces `final` (whose previous version, if
+    any, is removed only after the new one is in place), on error it is removed. `final` must be a path this tool
+    owns (inside a claimed output folder)."""
+    final = Path(final)
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(final), dir=final.parent))
+    try:
+        yield tmp
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=_tmp_name(final) + "old-", dir=final.parent))
+            os.replace(final, old / "previous")
+            os.replace(tmp, final)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)

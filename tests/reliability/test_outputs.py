@@ -1,0 +1,90 @@
+"""`mllm.outputs`: where commands may write, atomic writes, and the clean-up of killed runs' leftovers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mllm.outputs import MARKER, OutputRefusedError, atomic_dir, atomic_write_text, claim_output_dir, clean_litter
+from tests.reliability.conftest import checksums
+
+
+def test_new_and_empty_folders_are_claimed_and_marked(tmp_path):
+    out = claim_output_dir(tmp_path / "a" / "b")
+    assert (out / MARKER).is_file()
+    (tmp_path / "empty").mkdir()
+    assert (claim_output_dir(tmp_path / "empty") / MARKER).is_file()
+    assert claim_output_dir(out) == out  # our own output again: accepted
+
+
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda p: (p / "user").mkdir() or (p / "user" / "thesis.tex").write_text("x"), "other files"),
+        (lambda p: (p / "user").write_text("a file"), "not a folder"),
+    ],
+)
+def test_user_files_are_refused_and_untouched(tmp_path, make, expected):
+    make(tmp_path)
+    before = checksums(tmp_path)
+    with pytest.raises(OutputRefusedError, match=expected):
+        claim_output_dir(tmp_path / "user")
+    assert checksums(tmp_path) == before
+
+
+def test_inputs_are_protected(tmp_path):
+    root = tmp_path / "dataset"
+    (root / "videos").mkdir(parents=True)
+    (root / "videos" / "a.mp4").write_bytes(b"1")
+    before = checksums(tmp_path)
+    for out in (root, tmp_path, root / "videos", root / "new"):
+        with pytest.raises(OutputRefusedError, match="input"):
+            claim_output_dir(out, protect=[root])
+    assert checksums(tmp_path) == before
+
+
+def test_unwritable_parent_is_refused(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    with pytest.raises(OutputRefusedError, match="not writable"):
+        claim_output_dir(locked / "out")
+
+
+def test_atomic_dir_replaces_only_on_success(tmp_path):
+    out = claim_output_dir(tmp_path / "out")
+    with atomic_dir(out / "data") as tmp:
+        (tmp / "v").write_text("1")
+    with pytest.raises(RuntimeError), atomic_dir(out / "data") as tmp:
+        (tmp / "v").write_text("2")
+        raise RuntimeError("killed")
+    assert (out / "data" / "v").read_text() == "1"
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "data"])
+
+
+def test_litter_of_a_killed_run_is_removed_and_a_half_swapped_folder_restored(tmp_path):
+    out = claim_output_dir(tmp_path / "out")
+    script = (
+        "import os, sys\n"
+        "from mllm.outputs import atomic_dir, atomic_write_text\n"
+        f"with atomic_dir({str(out / 'data')!r}) as t:\n"
+        "    (t / 'half').write_text('x')\n"
+        "    os._exit(9)\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=False)
+    atomic_write_text(out / "data.json", "{}")
+    assert any(".emoreason-tmp-" in p.name for p in out.iterdir())
+    # A previous version moved aside by a run killed between atomic_dir's two renames.
+    dead_pid = 2**22 + 11
+    aside = out / f".data.emoreason-tmp-{dead_pid}-old-x"
+    (aside / "previous").mkdir(parents=True)
+    (aside / "previous" / "v").write_text("1")
+    removed = clean_litter(out)
+    assert removed
+    assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "data", "data.json"])
+    assert (out / "data" / "v").read_text() == "1"
