@@ -115,32 +115,92 @@ def parse(completion: str, task: str, labels: str | tuple[str, ...] = "abaw_expr
     if not answer:
         return fail("empty_answer", "the <answer> block is empty")
 
-    if task == "expr":
-        canonical = {n.lower(): n for n in names}
-        if answer.lower() not in canonical:
-            return fail("unknown_label", f"{answer!r} is not one of {', '.join(names)}")
-        return Parsed(task, think.strip(), canonical[answer.lower()])
-    if task == "au":
-        if answer.lower() == "none":
-            return Parsed(task, think.strip(), ())
-        aus = [a.strip().upper() for a in answer.split(",")]
-        unknown = [a for a in aus if a not in ABAW_AUS]
-        if unknown or not all(aus):
-            return fail("unknown_label", f"{', '.join(unknown) or 'empty item'} not among {', '.join(ABAW_AUS)}")
-        if len(set(aus)) != len(aus):
-            return fail("bad_format", "an AU is listed twice")
-        return Parsed(task, think.strip(), tuple(sorted(aus, key=ABAW_AUS.index)))
-    if task == "va":
-        va = _VA.match(answer)
-        if va is None:
-            return fail("bad_format", "expected 'valence=<number>, arousal=<number>'")
-        valence, arousal = float(va.group("v")), float(va.group("a"))
-        if not (-1 <= valence <= 1 and -1 <= arousal <= 1):
-            return fail("out_of_range", f"valence {valence} and arousal {arousal} must lie in [-1, 1]")
-        return Parsed(task, think.strip(), (valence, arousal))
+    try:
+        return Parsed(task, think.strip(), ANSWERS[task].read(answer, names))
+    except _BadAnswer as bad:
+        return fail(bad.code, bad.message)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Each task's answer is defined once, here: how it is read (`read`) and the constraint regex of its canonical
+# written form (`regex`), side by side, so the constrained decoder can only produce what the parser accepts
+# (tests/mllm/test_output.py draws random strings from every regex and parses them). The parser is more lenient
+# than the regex (case, spacing, any AU order), never stricter.
+
+
+class _BadAnswer(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _read_expr(answer: str, names: tuple[str, ...]):
+    canonical = {n.lower(): n for n in names}
+    if answer.lower() not in canonical:
+        raise _BadAnswer("unknown_label", f"{answer!r} is not one of {', '.join(names)}")
+    return canonical[answer.lower()]
+
+
+def _regex_expr(names: tuple[str, ...]) -> str:
+    return "(" + "|".join(re.escape(n) for n in names) + ")"
+
+
+def _read_au(answer: str, names: tuple[str, ...]):
+    if answer.lower() == "none":
+        return ()
+    aus = [a.strip().upper() for a in answer.split(",")]
+    unknown = [a for a in aus if a not in ABAW_AUS]
+    if unknown or not all(aus):
+        raise _BadAnswer("unknown_label", f"{', '.join(unknown) or 'empty item'} not among {', '.join(ABAW_AUS)}")
+    if len(set(aus)) != len(aus):
+        raise _BadAnswer("bad_format", "an AU is listed twice")
+    return tuple(sorted(aus, key=ABAW_AUS.index))
+
+
+def _regex_au(names: tuple[str, ...]) -> str:
+    # AUs in ABAW order, each at most once: one alternative per last AU, preceded by any earlier ones. 78 groups,
+    # where a free repetition `AU(, AU)*` would let the decoder write a list the parser refuses.
+    lists = ["".join(f"({a}, )?" for a in ABAW_AUS[:i]) + last for i, last in enumerate(ABAW_AUS)]
+    return "(none|" + "|".join(f"({x})" for x in lists) + ")"
+
+
+def _read_va(answer: str, names: tuple[str, ...]):
+    va = _VA.match(answer)
+    if va is None:
+        raise _BadAnswer("bad_format", "expected 'valence=<number>, arousal=<number>'")
+    valence, arousal = float(va.group("v")), float(va.group("a"))
+    if not (-1 <= valence <= 1 and -1 <= arousal <= 1):
+        raise _BadAnswer("out_of_range", f"valence {valence} and arousal {arousal} must lie in [-1, 1]")
+    return (valence, arousal)
+
+
+def _regex_va(names: tuple[str, ...]) -> str:
+    number = r"-?(0(\.[0-9]{1,2})?|1(\.00?)?)"
+    return f"valence={number}, arousal={number}"
+
+
+def _read_ah(answer: str, names: tuple[str, ...]):
     if answer.lower() not in AH_ANSWERS:
-        return fail("unknown_label", f"{answer!r} is not 'present' or 'absent'")
-    return Parsed(task, think.strip(), answer.lower() == "present")
+        raise _BadAnswer("unknown_label", f"{answer!r} is not 'present' or 'absent'")
+    return answer.lower() == "present"
+
+
+def _regex_ah(names: tuple[str, ...]) -> str:
+    return "(" + "|".join(AH_ANSWERS) + ")"
+
+
+@dataclass(frozen=True)
+class AnswerFormat:
+    read: object  # (answer text, label names) -> typed value; raises _BadAnswer(code, message)
+    regex: object  # (label names) -> regex of the canonical answer text
+
+
+ANSWERS: dict[str, AnswerFormat] = {
+    "expr": AnswerFormat(_read_expr, _regex_expr),
+    "au": AnswerFormat(_read_au, _regex_au),
+    "va": AnswerFormat(_read_va, _regex_va),
+    "ah": AnswerFormat(_read_ah, _regex_ah),
+}
 
 
 def answer_regex(task: str, labels: str | tuple[str, ...] = "abaw_expr", max_think_chars: int | None = None) -> str:
@@ -149,16 +209,7 @@ def answer_regex(task: str, labels: str | tuple[str, ...] = "abaw_expr", max_thi
     generation budget always leaves room for the answer."""
     _check_task(task)
     names = label_space(labels) if isinstance(labels, str) else tuple(labels)
-    if task == "expr":
-        answer = "(" + "|".join(re.escape(n) for n in names) + ")"
-    elif task == "au":
-        au = "(" + "|".join(ABAW_AUS) + ")"
-        answer = f"(none|{au}(, {au})*)"
-    elif task == "va":
-        number = r"-?(0(\.[0-9]{1,2})?|1(\.00?)?)"
-        answer = f"valence={number}, arousal={number}"
-    else:
-        answer = "(present|absent)"
+    answer = ANSWERS[task].regex(names)
     if max_think_chars is None:
         think = r"[^<]*[^<\s][^<]*"
     else:

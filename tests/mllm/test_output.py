@@ -75,3 +75,46 @@ def test_constraint_regex_rejects_what_the_parser_rejects():
         "<think>a<think></think><answer>Anger</answer>",
     ]:
         assert re.fullmatch(pattern, bad) is None
+
+
+# Property: whatever the constrained decoder can write, the parser accepts, and reads back as the same value.
+LABEL_SPACES_BY_TASK = [("expr", "abaw_expr"), ("expr", "mafw11"), ("au", "abaw_expr"), ("va", "abaw_expr")]
+LABEL_SPACES_BY_TASK += [("ah", "abaw_expr")]
+
+
+@pytest.mark.parametrize(("task", "labels"), LABEL_SPACES_BY_TASK)
+@pytest.mark.parametrize("max_think_chars", [None, 40])
+def test_every_string_the_constraint_allows_parses(task, labels, max_think_chars):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from mllm.output import format_answer
+
+    pattern = answer_regex(task, labels, max_think_chars=max_think_chars)
+
+    @settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
+    @given(st.from_regex(pattern, fullmatch=True))
+    def check(completion):
+        result = parse(completion, task, labels)
+        assert result.ok, (completion, result)
+        # The canonical form of what was read is itself allowed by the constraint (the definitions agree).
+        canonical = re.search(r"<answer>(.*)</answer>", completion).group(1)
+        if task != "va":  # va's canonical form rounds to 2 decimals, which the regex also allows
+            assert format_answer(task, result.answer) == canonical
+
+    check()
+
+
+def test_au_constraint_forbids_repeats_and_allows_every_ordered_subset():
+    import itertools
+
+    from mllm.labels import ABAW_AUS
+
+    pattern = re.compile(answer_regex("au"))
+    wrap = "<think>x</think><answer>{}</answer>".format
+    assert pattern.fullmatch(wrap("AU6, AU6")) is None
+    assert pattern.fullmatch(wrap("AU12, AU6")) is None  # out of the canonical order
+    assert pattern.fullmatch(wrap("AU1, AU1")) is None
+    for n in (1, 2, 3, 12):
+        for combo in itertools.combinations(ABAW_AUS, n):
+            assert pattern.fullmatch(wrap(", ".join(combo))), combo
