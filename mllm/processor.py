@@ -9,14 +9,24 @@
 Media go through `mllm.media` and `mllm.face` (tracked landmarks, aligned face crops), images are normalised as the
 base's image processor does, audio as the Wav2Vec2 feature extractor does. Placeholders are expanded to one token
 per visual/audio embedding; `build_inputs_embeds` writes the embeddings there.
+
+The data builders' prompts go through unchanged: a video part may carry a time window (`start_s`, `end_s`), the
+frames to use by number (`frame_indices`, 1-based: frame 1 plays at 0 s), or a list of aligned face crops
+(`frames`, with their `frame_indices` placing them on the video's clock for its audio). Anything the processor
+cannot use exactly as given is refused with a `ProcessorInputError` (a ValueError) or a `MediaError` naming the
+conversation, message and content part, and the file.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
@@ -31,9 +41,62 @@ from mllm.config import (
     IMAGE_START,
     EmoReasonConfig,
 )
-from mllm.media import AUDIO_SAMPLE_RATE, load_audio, load_image, load_video
+from mllm.media import (
+    AUDIO_SAMPLE_RATE,
+    MediaError,
+    MediaTooShortError,
+    audio_from_array,
+    image_from_array,
+    load_audio,
+    load_image,
+    load_video,
+    probe_video,
+)
 
 PROCESSOR_FILE = "emoreason_processor.json"
+ROLES = ("system", "user", "assistant")
+# Content part type -> the media it carries, and the keys such a part may hold besides "type".
+PART_MEDIA = {
+    "text": "text",
+    "image": "image",
+    "image_url": "image",
+    "video": "video",
+    "video_url": "video",
+    "audio": "audio",
+    "audio_url": "audio",
+    "input_audio": "audio",
+}
+PART_KEYS = {
+    "text": {"text"},
+    "image": {"image", "image_url"},
+    "video": {"video", "video_url", "frames", "frame_indices", "start_s", "end_s"},
+    "audio": {"audio", "audio_url", "input_audio", "start_s", "end_s"},
+}
+PLACEHOLDER_TOKENS = (IMAGE_START, IMAGE_END, IMAGE_CONTEXT, *AUDIO_PLACEHOLDERS)
+# Wav2Vec2's convolutional feature encoder (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) needs 400 samples
+# (25 ms at 16 kHz) for one output frame; shorter audio would crash its last convolution.
+DEFAULT_MIN_AUDIO_SAMPLES = 400
+
+
+class ProcessorInputError(ValueError):
+    """A conversation the processor cannot use as given. The message says where: conversation, message, part."""
+
+
+def _fail(reason: str) -> NoReturn:
+    raise ProcessorInputError(reason)
+
+
+def receptive_field(audio_config: dict) -> int:
+    """Samples a Wav2Vec2-style convolutional feature encoder needs to produce one frame."""
+    kernels = audio_config.get("conv_kernel")
+    strides = audio_config.get("conv_stride")
+    if not kernels or not strides or len(kernels) != len(strides):
+        return DEFAULT_MIN_AUDIO_SAMPLES
+    field_size, jump = 1, 1
+    for kernel, stride in zip(kernels, strides, strict=True):
+        field_size += (int(kernel) - 1) * jump
+        jump *= int(stride)
+    return field_size
 
 
 def prepare_tokenizer(name_or_path):
@@ -59,31 +122,141 @@ class _Media:
     audio: list[np.ndarray] = field(default_factory=list)
 
 
-def _decode_data_url(url: str) -> bytes | str:
+@dataclass(frozen=True)
+class _Limits:
+    frames: int
+    seconds: float
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Reading content parts
+
+
+def _url_source(url: str) -> bytes | str:
+    """A path, a `file://` URL or a base64 `data:` URL -> a path or bytes."""
     if url.startswith("data:"):
+        header, sep, payload = url.partition(",")
+        if not sep or not header.endswith(";base64"):
+            _fail("a data: URL must be base64 (data:<type>;base64,<data>)")
         try:
-            return base64.b64decode(url.split(",", 1)[1], validate=True)
-        except (IndexError, ValueError) as exc:
-            raise ValueError("malformed base64 data URL in a media part") from exc
+            data = base64.b64decode(payload, validate=True)
+        except ValueError:
+            _fail("malformed base64 data URL in a media part")
+        if not data:
+            _fail("the data: URL holds no data")
+        return data
     if url.startswith("file://"):
-        return url[len("file://") :]
+        parsed = urlparse(url)
+        if parsed.netloc not in ("", "localhost"):
+            _fail(f"file:// URLs must name a local file, got host {parsed.netloc!r}")
+        return unquote(parsed.path)
     if "://" in url:
-        raise ValueError(f"only local paths, file:// and data: URLs are accepted, got {url[:40]!r}")
+        _fail(f"only local paths, file:// and data: URLs are accepted, got {url[:40]!r}")
+    if not url:
+        _fail("names no media (an empty string)")
     return url
 
 
 def _part_source(part: dict, kind: str):
-    """The media a content part names: a path, bytes or an array."""
-    if kind in part:
-        value = part[kind]
-        return _decode_data_url(value) if isinstance(value, str) else value
+    """The media a content part names: a path, bytes, or (images, audio) an in-memory array."""
     url_key = f"{kind}_url"
-    if url_key in part:
-        url = part[url_key]["url"] if isinstance(part[url_key], dict) else part[url_key]
-        return _decode_data_url(url)
-    if kind == "audio" and "input_audio" in part:
-        return base64.b64decode(part["input_audio"]["data"])
-    raise ValueError(f"content part of type {part.get('type')!r} has no {kind!r} or {url_key!r} field")
+    keys = [k for k in (kind, url_key, "input_audio" if kind == "audio" else None) if k and k in part]
+    if len(keys) > 1:
+        _fail(f"give one of {keys}, not several")
+    if not keys:
+        _fail(f"content part of type {part.get('type')!r} has no {kind!r} or {url_key!r} field")
+    key = keys[0]
+    value = part[key]
+    if key == "input_audio":
+        if not isinstance(value, dict) or not isinstance(value.get("data"), str):
+            _fail("input_audio must be {'data': <base64>, 'format': 'wav' | 'mp3' | ...}")
+        try:
+            data = base64.b64decode(value["data"], validate=True)
+        except ValueError:
+            _fail("input_audio data is not valid base64")
+        if not data:
+            _fail("input_audio holds no data")
+        return data
+    if key == url_key:
+        if isinstance(value, dict):
+            extra = set(value) - {"url", "detail"}
+            if extra:
+                _fail(f"unknown key(s) {sorted(extra)} in {url_key}; it takes 'url' (and 'detail')")
+            if "url" not in value:
+                _fail(f"{url_key} has no 'url'")
+            value = value["url"]
+        if not isinstance(value, str):
+            _fail(f"{url_key} must be a URL string or {{'url': <string>}}, got {type(value).__name__}")
+        return _url_source(value)
+    if isinstance(value, str):
+        return _url_source(value)
+    if isinstance(value, os.PathLike):
+        return _url_source(os.fspath(value))
+    if isinstance(value, bytes | bytearray):
+        if not value:
+            _fail("names no media (empty bytes)")
+        return bytes(value)
+    if kind != "video" and isinstance(value, np.ndarray):
+        return value
+    if kind == "image" and type(value).__module__.startswith("PIL."):
+        return value
+    arrays = ", a numpy array" if kind == "audio" else (", a numpy array or a PIL image" if kind == "image" else "")
+    article = "an" if kind in ("image", "audio") else "a"
+    _fail(f"{article} {kind} part takes a path, a file:// or data: URL, bytes{arrays}; got {type(value).__name__}")
+
+
+def _seconds(part: dict, key: str) -> float | None:
+    value = part.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+        _fail(f"{key} must be a number of seconds >= 0, got {value!r}")
+    return float(value)
+
+
+def _frame_numbers(value, count: int | None) -> np.ndarray:
+    """`frame_indices`: 1-based frame numbers, strictly increasing (and as many as `frames`, when given)."""
+    if not isinstance(value, list | tuple) or not value:
+        _fail(f"frame_indices must be a non-empty list of frame numbers, got {value!r}"[:200])
+    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value):
+        _fail("frame_indices must be integers (1-based frame numbers)")
+    numbers = np.asarray(value, dtype=np.int64)
+    if numbers.min() < 1 or (np.diff(numbers) <= 0).any():
+        _fail("frame_indices must be 1-based frame numbers in increasing order")
+    if count is not None and len(numbers) != count:
+        _fail(f"frames lists {count} images but frame_indices has {len(numbers)} numbers")
+    return numbers
+
+
+def _checked_text(text: str) -> str:
+    found = [t for t in PLACEHOLDER_TOKENS if t in text]
+    if found:
+        _fail(f"text may not contain the placeholder tokens {found}; media go in image, video or audio parts")
+    return text
+
+
+def _conversations(conversations) -> list:
+    """A batch of conversations, or one conversation (a list of message dicts), as a list of conversations."""
+    if not isinstance(conversations, list | tuple):
+        _fail(
+            "conversations must be a list of conversations (each a list of messages) or one conversation, "
+            f"got {type(conversations).__name__}"
+        )
+    if not conversations:
+        _fail("no conversations to process")
+    if isinstance(conversations[0], dict):
+        conversations = [conversations]
+    for c, messages in enumerate(conversations):
+        if not isinstance(messages, list | tuple) or not messages:
+            _fail(f"conversation {c}: a conversation is a non-empty list of messages, got {messages!r}"[:300])
+    return list(conversations)
+
+
+def _spread(n: int, k: int) -> list[int]:
+    """k positions spread evenly over n items (the centre of each of k equal parts); all of them when n <= k."""
+    if n <= k:
+        return list(range(n))
+    return [int((j + 0.5) * n / k) for j in range(k)]
 
 
 class EmoReasonProcessor:
@@ -102,6 +275,7 @@ class EmoReasonProcessor:
         max_audio_tokens: int = 32,
         vision_input: str = "face_crop",
         face_cache: bool = True,
+        min_audio_samples: int = DEFAULT_MIN_AUDIO_SAMPLES,
     ):
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
@@ -116,6 +290,7 @@ class EmoReasonProcessor:
         self.max_audio_tokens = max_audio_tokens
         self.vision_input = vision_input
         self.face_cache = face_cache
+        self.min_audio_samples = int(min_audio_samples)
 
     # ------------------------------------------------------------------------------------------------------------
     # Construction and persistence
@@ -129,6 +304,7 @@ class EmoReasonProcessor:
         image_processor = AutoImageProcessor.from_pretrained(str(base), backend="pil")
         adapter = get_adapter(config.base_config["model_type"])
         base_config = adapter.config_from_dict(config.base_config)
+        kwargs.setdefault("min_audio_samples", receptive_field(config.audio_config))
         return cls(
             tokenizer=prepare_tokenizer(base),
             image_size=adapter.image_size(base_config),
@@ -157,6 +333,7 @@ class EmoReasonProcessor:
             "audio_tokens_per_second": self.audio_tokens_per_second,
             "max_audio_tokens": self.max_audio_tokens,
             "vision_input": self.vision_input,
+            "min_audio_samples": self.min_audio_samples,
         }
 
     def save_pretrained(self, directory) -> None:
@@ -194,8 +371,13 @@ class EmoReasonProcessor:
 
         size = self.image_size
         has_face = landmarks_68 is not None and bool(np.isfinite(landmarks_68).all())
+        aligned = None
         if has_face and self.vision_input == "face_crop":
-            aligned = align_face(rgb, landmarks_68, size=size)
+            try:
+                aligned = align_face(rgb, landmarks_68, size=size)
+            except ValueError:  # degenerate landmarks (eye centres coincide): no usable face
+                has_face = False
+        if aligned is not None:
             image, points = aligned.crop, aligned.landmarks_01
         else:
             image = np.asarray(Image.fromarray(rgb).resize((size, size), Image.BICUBIC))
@@ -209,20 +391,23 @@ class EmoReasonProcessor:
         pixels = torch.from_numpy((chw - self.image_mean) / self.image_std)
         return pixels, points.astype(np.float32), has_face
 
-    def _image(self, source, media: _Media) -> str:
-        from mllm.face import DetectorSettings, FaceDetector, image_faces
-
-        if isinstance(source, np.ndarray):  # an array has no content hash to cache by
-            rgb = source
-            faces = FaceDetector(DetectorSettings(min_face_fraction=0.0)).detect(rgb)
-        else:
-            rgb = load_image(source)
-            faces = image_faces(source, image=rgb, cache=self.face_cache)
-        pixels, points, has_face = self._pixels(rgb, faces[0].landmarks_68 if faces else None)
+    def _add_frame(self, media: _Media, rgb: np.ndarray, landmarks_68: np.ndarray | None) -> str:
+        pixels, points, has_face = self._pixels(rgb, landmarks_68)
         media.pixel_values.append(pixels)
         media.landmarks.append(points)
         media.has_face.append(has_face)
         return self._image_tokens()
+
+    def _image(self, source, media: _Media) -> str:
+        from mllm.face import DetectorSettings, FaceDetector, image_faces
+
+        if isinstance(source, str | bytes):
+            rgb = load_image(source)
+            faces = image_faces(source, image=rgb, cache=self.face_cache)
+        else:  # an array or a picture in memory has no content hash to cache by
+            rgb = image_from_array(source)
+            faces = FaceDetector(DetectorSettings(min_face_fraction=0.0)).detect(rgb)
+        return self._add_frame(media, rgb, faces[0].landmarks_68 if faces else None)
 
     def _image_tokens(self) -> str:
         return IMAGE_START + IMAGE_CONTEXT * self.tokens_per_image + IMAGE_END
@@ -233,64 +418,220 @@ class EmoReasonProcessor:
         n = audio_token_count(len(samples), self.audio_tokens_per_second, self.max_audio_tokens)
         return AUDIO_START + AUDIO_CONTEXT * n + AUDIO_END
 
-    def _audio(self, source, media: _Media, max_seconds: float) -> str:
-        if isinstance(source, np.ndarray):
-            samples = source.astype(np.float32).reshape(-1)
-        else:
-            samples = load_audio(source, end_s=max_seconds).samples
+    def _add_audio(self, media: _Media, samples: np.ndarray, name: str, max_seconds: float) -> str:
+        """Audio cut to the request's seconds; refused when shorter than the audio encoder's receptive field."""
         samples = samples[: int(max_seconds * AUDIO_SAMPLE_RATE)]
-        if len(samples) == 0:
-            return ""
+        if len(samples) < self.min_audio_samples:
+            raise MediaTooShortError(
+                name,
+                f"audio lasts {len(samples) / AUDIO_SAMPLE_RATE * 1000:.0f} ms ({len(samples)} samples at 16 kHz); "
+                f"the audio encoder needs at least {self.min_audio_samples / AUDIO_SAMPLE_RATE * 1000:.0f} ms",
+            )
         media.audio.append(samples)
         return self._audio_tokens(samples)
 
-    def _video(self, source, media: _Media, num_frames: int, max_seconds: float) -> str:
+    def _audio(self, part: dict, media: _Media, limits: _Limits) -> str:
+        source = _part_source(part, "audio")
+        start_s, end_s = _seconds(part, "start_s"), _seconds(part, "end_s")
+        if isinstance(source, np.ndarray):
+            samples = audio_from_array(source)
+            first = int(round((start_s or 0.0) * AUDIO_SAMPLE_RATE))
+            last = None if end_s is None else int(round(end_s * AUDIO_SAMPLE_RATE))
+            if first >= len(samples) or (last is not None and last <= first):
+                _fail(f"<array>: empty time window [{start_s}, {end_s}] of {len(samples)} samples")
+            return self._add_audio(media, samples[first:last], "<array>", limits.seconds)
+        start = start_s or 0.0
+        end = start + limits.seconds if end_s is None else min(end_s, start + limits.seconds)
+        audio = load_audio(source, start_s=start_s, end_s=end)
+        return self._add_audio(media, audio.samples, audio.source, limits.seconds)
+
+    def _video(self, part: dict, media: _Media, limits: _Limits) -> str:
+        frames = part.get("frames")
+        start_s, end_s = _seconds(part, "start_s"), _seconds(part, "end_s")
+        if frames is not None:
+            if start_s is not None or end_s is not None:
+                _fail("a frames list is placed in time by its frame_indices, not start_s/end_s")
+            return self._crop_frames(part, frames, media, limits)
+        source = _part_source(part, "video")
+        if "frame_indices" in part:
+            if start_s is not None or end_s is not None:
+                _fail("give frame_indices or a start_s/end_s window, not both")
+            return self._video_frames_at(source, _frame_numbers(part["frame_indices"], None), media, limits)
+        return self._video_window(source, start_s, end_s, media, limits)
+
+    def _video_window(self, source, start_s, end_s, media: _Media, limits: _Limits) -> str:
+        """`frames` frames spread over the window (the first `seconds` of it), and the window's audio."""
         from mllm.face import video_face_track
 
-        clip = load_video(source, num_frames=num_frames, end_s=max_seconds)  # the first `max_seconds` of the clip
+        start = start_s or 0.0
+        end = start + limits.seconds if end_s is None else min(end_s, start + limits.seconds)
+        clip = load_video(source, num_frames=limits.frames, start_s=start_s, end_s=end)
         # Same sampling arguments as the decode: they are part of the face cache key.
-        track = video_face_track(source, num_frames=num_frames, end_s=max_seconds, video=clip, cache=self.face_cache)
+        track = video_face_track(
+            source, num_frames=limits.frames, start_s=start_s, end_s=end, video=clip, cache=self.face_cache
+        )
+        return self._clip_text(clip, track, media, limits)
+
+    def _video_frames_at(self, source, numbers: np.ndarray, media: _Media, limits: _Limits) -> str:
+        """Frames chosen by number (1-based: frame n plays at (n - 1) / fps), and the audio they span."""
+        info = probe_video(source)
+        name = source if isinstance(source, str) else "<bytes>"
+        if not info.average_fps:
+            _fail(f"{name}: declares no frame rate, so frame_indices cannot be placed in time")
+        times = (numbers - 1) / info.average_fps
+        if info.duration_s is not None and times[-1] >= info.duration_s:
+            _fail(
+                f"{name}: frame_indices reach frame {numbers[-1]} ({times[-1]:.2f}s) but the video lasts "
+                f"{info.duration_s:.2f}s (about {round(info.duration_s * info.average_fps)} frames)"
+            )
+        inside = times < times[0] + limits.seconds  # the request's seconds bound the span used
+        numbers, times = numbers[inside], times[inside]
+        picked = times[_spread(len(times), limits.frames)]
+        start, end = float(times[0]), float(times[-1] + 1.0 / info.average_fps)
+        clip = load_video(source, at_s=picked, start_s=start, end_s=end)
+        track = self._track_at(source, clip, picked)
+        return self._clip_text(clip, track, media, limits)
+
+    def _track_at(self, source, clip, times: np.ndarray):
+        """The face track over frames sampled at given times, cached like `video_face_track`'s own results (its
+        sampling arguments cannot express given times, so the cache key is made here)."""
+        from mllm.face import FaceCache, FaceTrack, TrackerSettings, content_hash, video_face_track
+
+        if not self.face_cache:
+            return video_face_track(source, video=clip, cache=False)
+        store = FaceCache()
+        sampling = {"at_s": [round(float(t), 6) for t in times], "window_s": [round(w, 6) for w in clip.window_s]}
+        key = store.key(content_hash(source), kind="video", sampling=sampling, settings=TrackerSettings().to_dict())
+        arrays = store.get(key)
+        if arrays is not None and len(arrays.get("timestamps_s", ())) == len(clip):
+            return FaceTrack.from_arrays(arrays)
+        track = video_face_track(source, video=clip, cache=False)
+        store.put(key, track.to_arrays())
+        return track
+
+    def _clip_text(self, clip, track, media: _Media, limits: _Limits) -> str:
         lines = []
         for i in range(len(clip)):
             points = track.landmarks_68[i] if track.has_face[i] else None
-            pixels, normalised, has_face = self._pixels(clip.frames[i], points)
-            media.pixel_values.append(pixels)
-            media.landmarks.append(normalised)
-            media.has_face.append(has_face)
-            lines.append(f"Frame {i + 1} at {clip.timestamps_s[i]:.1f}s: {self._image_tokens()}")
+            tokens = self._add_frame(media, clip.frames[i], points)
+            lines.append(f"Frame {i + 1} at {clip.timestamps_s[i]:.1f}s: {tokens}")
         text = "\n".join(lines)
         if clip.audio is not None:
-            samples = clip.audio.samples[: int(max_seconds * AUDIO_SAMPLE_RATE)]
-            if len(samples):
-                media.audio.append(samples)
-                text += "\nAudio: " + self._audio_tokens(samples)
+            text += "\nAudio: " + self._add_audio(media, clip.audio.samples, clip.source, limits.seconds)
         return text
 
-    def _render_content(self, content, media: _Media, limits: dict) -> str:
+    def _crop_frames(self, part: dict, frames, media: _Media, limits: _Limits) -> str:
+        """Aligned face crops (ABAW's cropped_aligned): landmarks with the whole crop as the face box, and, when the
+        part names the source video, its audio over the frames' span (frame n plays at (n - 1) / fps)."""
+        from mllm.face.crops import crop_landmarks
+        from mllm.face.landmarks import FaceDetector
+
+        if not isinstance(frames, list | tuple) or not frames:
+            _fail("frames must be a non-empty list of image paths")
+        if not all(isinstance(f, str | os.PathLike) and os.fspath(f) for f in frames):
+            _fail("frames must be image paths (strings)")
+        video = part.get("video", part.get("video_url", ""))
+        has_video = video not in ("", None)
+        numbers = None
+        if "frame_indices" in part:
+            numbers = _frame_numbers(part["frame_indices"], len(frames))
+        elif has_video:
+            _fail("frames with a video need frame_indices to place them on the video's clock")
+        fps, info, source = None, None, None
+        if has_video:
+            source = _part_source(part, "video")
+            info = probe_video(source)
+            if not info.average_fps:
+                _fail(f"{video}: declares no frame rate, so frame_indices cannot be placed in time")
+            fps = info.average_fps
+        positions = list(range(len(frames)))
+        if fps is not None:
+            times = (numbers - 1) / fps
+            positions = [i for i in positions if times[i] < times[0] + limits.seconds]
+        detector = FaceDetector()
+        lines = []
+        for k, i in enumerate(positions[j] for j in _spread(len(positions), limits.frames)):
+            path = os.fspath(frames[i])
+            rgb = load_image(path)
+            points = crop_landmarks(path, image=rgb, cache=self.face_cache, detector=detector)
+            tokens = self._add_frame(media, rgb, points)
+            when = f" at {(numbers[i] - 1) / fps:.1f}s" if fps is not None else ""
+            lines.append(f"Frame {k + 1}{when}: {tokens}")
+        text = "\n".join(lines)
+        if info is not None and info.has_audio_track:
+            first, last = numbers[positions[0]], numbers[positions[-1]]
+            audio = load_audio(source, start_s=(first - 1) / fps, end_s=last / fps)
+            text += "\nAudio: " + self._add_audio(media, audio.samples, audio.source, limits.seconds)
+        return text
+
+    # ------------------------------------------------------------------------------------------------------------
+    # Conversations -> text with placeholders
+
+    def _render_part(self, part: dict, role: str, media: _Media, limits: _Limits) -> str:
+        kind = part.get("type")
+        if kind not in PART_MEDIA:
+            _fail(f"unknown content part type {kind!r}; valid: {', '.join(PART_MEDIA)}")
+        what = PART_MEDIA[kind]
+        unknown = set(part) - PART_KEYS[what] - {"type"}
+        if unknown:
+            _fail(f"unknown key(s) {sorted(unknown)} in a {kind} part; valid: {sorted(PART_KEYS[what])}")
+        if what == "text":
+            text = part.get("text")
+            if not isinstance(text, str):
+                _fail(f"a text part needs 'text' as a string, got {type(text).__name__}")
+            return _checked_text(text)
+        if role != "user":
+            _fail(f"media parts belong in user messages, not {role} messages")
+        if what == "image":
+            return self._image(_part_source(part, "image"), media)
+        if what == "video":
+            return self._video(part, media, limits)
+        return self._audio(part, media, limits)
+
+    def _render_message(self, message, where: str, media: _Media, limits: _Limits) -> dict:
+        if not isinstance(message, dict):
+            _fail(f"{where}: a message must be a dict with 'role' and 'content', got {type(message).__name__}")
+        unknown = set(message) - {"role", "content"}
+        if unknown:
+            _fail(f"{where}: unknown key(s) {sorted(unknown)} in a message; valid: role, content")
+        role = message.get("role")
+        if role not in ROLES:
+            got = "no 'role'" if "role" not in message else f"role {role!r}"
+            _fail(f"{where}: {got}; a message's role is one of {', '.join(ROLES)}")
+        content = message.get("content")
         if isinstance(content, str):
-            return content
-        num_frames = min(int(limits.get("frames", self.frames_per_clip)), self.max_frames)
-        max_seconds = min(float(limits.get("seconds", self.max_audio_seconds)), self.max_audio_seconds)
+            try:
+                return {"role": role, "content": _checked_text(content)}
+            except ProcessorInputError as exc:
+                raise ProcessorInputError(f"{where}: {exc}") from None
+        if not isinstance(content, list | tuple):
+            got = "no 'content'" if "content" not in message else f"content of type {type(content).__name__}"
+            _fail(f"{where}: {got}; content is a string or a list of content parts")
         pieces = []
-        for part in content:
-            kind = part.get("type")
-            if kind == "text":
-                text = part.get("text", "")
-                if any(t in text for t in (IMAGE_CONTEXT, AUDIO_CONTEXT)):
-                    raise ValueError("text parts may not contain placeholder tokens")
-                pieces.append(text)
-            elif kind in ("image", "image_url"):
-                pieces.append(self._image(_part_source(part, "image"), media))
-            elif kind in ("video", "video_url"):
-                pieces.append(self._video(_part_source(part, "video"), media, num_frames, max_seconds))
-            elif kind in ("audio", "audio_url", "input_audio"):
-                pieces.append(self._audio(_part_source(part, "audio"), media, max_seconds))
-            else:
-                raise ValueError(
-                    f"unknown content part type {kind!r}; valid: text, image, image_url, video, "
-                    "video_url, audio, audio_url, input_audio"
-                )
-        return "\n".join(p for p in pieces if p)
+        for index, part in enumerate(content):
+            at = f"{where}, content part {index}"
+            if not isinstance(part, dict):
+                _fail(f"{at}: a content part must be a dict like {{'type': 'text', 'text': ...}}, got {part!r}"[:300])
+            at += f" ({part.get('type')})"
+            try:
+                pieces.append(self._render_part(part, role, media, limits))
+            except MediaError as exc:
+                raise exc.located(at) from exc
+            except ValueError as exc:
+                raise ProcessorInputError(f"{at}: {exc}") from exc
+        return {"role": role, "content": "\n".join(p for p in pieces if p)}
+
+    def _request_limits(self, limits) -> _Limits:
+        limits = {} if limits is None else limits
+        if not isinstance(limits, dict):
+            _fail(f"limits take positive 'frames' and 'seconds', got {limits!r}")
+        frames, seconds = limits.get("frames", self.frames_per_clip), limits.get("seconds", self.max_audio_seconds)
+        unknown = set(limits) - {"frames", "seconds"}
+        bad_frames = isinstance(frames, bool) or not isinstance(frames, int) or frames < 1
+        bad_seconds = isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
+        if unknown or bad_frames or bad_seconds or not math.isfinite(seconds):
+            _fail(f"limits take positive 'frames' (an integer) and 'seconds', got {limits}")
+        return _Limits(frames=min(frames, self.max_frames), seconds=min(float(seconds), self.max_audio_seconds))
 
     # ------------------------------------------------------------------------------------------------------------
     # Conversations -> batch
@@ -310,19 +651,16 @@ class EmoReasonProcessor:
     ) -> dict:
         """Tokenise a batch of conversations. `return_labels`: labels are the assistant turns' tokens (the rest
         -100) and no generation prompt is added. `limits`: {"frames": N, "seconds": S} for this request."""
-        if conversations and isinstance(conversations[0], dict):
-            conversations = [conversations]
-        if not conversations:
-            raise ValueError("no conversations to process")
-        limits = limits or {}
-        unknown = set(limits) - {"frames", "seconds"}
-        if unknown or any(not isinstance(v, int | float) or v <= 0 for v in limits.values()):
-            raise ValueError(f"limits take positive 'frames' and 'seconds', got {limits}")
+        conversations = _conversations(conversations)
+        request = self._request_limits(limits)
+        if padding_side not in ("left", "right"):
+            _fail(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         ids, labels, all_media = [], [], _Media()
-        for messages in conversations:
+        for c, messages in enumerate(conversations):
             media = _Media()
             rendered = [
-                {"role": m["role"], "content": self._render_content(m["content"], media, limits)} for m in messages
+                self._render_message(m, f"conversation {c}, message {i}", media, request)
+                for i, m in enumerate(messages)
             ]
             if return_labels:
                 token_ids, label_ids = self._tokenise_with_labels(rendered)
