@@ -9,8 +9,10 @@ model returns a well-formed answer; `transformers` runs `generate` unconstrained
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 from pathlib import Path
 
 from mllm.labels import label_space as labels_of
@@ -33,21 +35,34 @@ def build_messages(media: str, task: str, label_space: str = "abaw_expr") -> lis
 
 
 def exported_language_model(model, tokenizer, model_dir: Path) -> Path:
-    """The exported causal LM for a checkpoint, written once next to it (re-exported if the weights are newer)."""
-    from mllm.export import export_language_model
+    """The exported causal LM for a checkpoint, kept under `served/` and keyed by the checkpoint's content (see
+    `mllm.export.served_language_model`): reused while the files are unchanged, rebuilt when they change (whatever
+    their modification times) or when the export is incomplete or damaged."""
+    from mllm.export import served_language_model
 
-    out = Path(model_dir) / "served" / "language_model"
-    weights = Path(model_dir) / "model.safetensors"
-    stamp = out / "config.json"
-    if not stamp.exists() or (weights.exists() and weights.stat().st_mtime > stamp.stat().st_mtime):
-        export_language_model(model, tokenizer, out)
-    return out
+    return served_language_model(model_dir, lambda: (model, tokenizer))
+
+
+@contextlib.contextmanager
+def stdout_to_stderr():
+    """Send everything written to file descriptor 1 to stderr for the duration (this process's prints and C
+    libraries, and the engine's subprocesses, which inherit the descriptor), so that stdout holds only the result."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max_new_tokens: int = 160) -> dict:
     import torch
 
     from mllm.model import EmoReasonForConditionalGeneration
+    from mllm.model.modeling import check_checkpoint, resolve_checkpoint
     from mllm.output import answer_regex, parse
     from mllm.processor import EmoReasonProcessor
 
@@ -55,6 +70,10 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
         raise ValueError(f"unknown task {task!r}; valid: {TASKS}")
     if engine not in ("vllm", "transformers"):
         raise ValueError(f"unknown engine {engine!r}; valid: vllm, transformers")
+    if not Path(media).is_file():  # before loading the model, which takes a while for a real one
+        raise FileNotFoundError(f"{media}: no such file" if not Path(media).exists() else f"{media}: not a file")
+    model_dir = resolve_checkpoint(model_dir)  # a missing folder fails here, at once
+    check_checkpoint(model_dir, processor=True)
     model = EmoReasonForConditionalGeneration.from_pretrained(str(model_dir)).eval()
     processor = EmoReasonProcessor.from_pretrained(model_dir)
     batch = processor([build_messages(media, task, model.config.label_space)])
@@ -63,26 +82,14 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
         text = processor.decode(tokens)
     else:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM logs to stdout, where the result goes
-        from vllm import LLM, SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
-
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for the result
         with torch.no_grad():
             embeds = model.build_inputs_embeds(**batch)[0]
-        llm = LLM(
-            model=str(exported_language_model(model, processor.tokenizer, Path(model_dir))),
-            enable_prompt_embeds=True,
-            dtype="float32" if not torch.cuda.is_available() else "auto",
-            enforce_eager=not torch.cuda.is_available(),
-            max_model_len=max(1024, embeds.shape[0] + max_new_tokens + 16),
-            seed=0,
-        )
+        lm_dir = exported_language_model(model, processor.tokenizer, model_dir)
         regex = answer_regex(task, model.config.label_space, max_think_chars=max_new_tokens // 2)
-        params = SamplingParams(
-            temperature=0, max_tokens=max_new_tokens, structured_outputs=StructuredOutputsParams(regex=regex)
-        )
-        text = llm.generate([{"prompt_embeds": embeds}], params, use_tqdm=False)[0].outputs[0].text
-        llm.llm_engine.engine_core.shutdown()
+        with stdout_to_stderr():
+            text = _generate_with_vllm(lm_dir, embeds, regex, max_new_tokens)
     result = parse(text, task, model.config.label_space)
     return {
         "media": str(media),
@@ -95,9 +102,31 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
     }
 
 
+def _generate_with_vllm(lm_dir: Path, embeds, regex: str, max_new_tokens: int) -> str:
+    import torch
+    from vllm import LLM, SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    llm = LLM(
+        model=str(lm_dir),
+        enable_prompt_embeds=True,
+        dtype="float32" if not torch.cuda.is_available() else "auto",
+        enforce_eager=not torch.cuda.is_available(),
+        max_model_len=max(1024, embeds.shape[0] + max_new_tokens + 16),
+        seed=0,
+    )
+    try:
+        params = SamplingParams(
+            temperature=0, max_tokens=max_new_tokens, structured_outputs=StructuredOutputsParams(regex=regex)
+        )
+        return llm.generate([{"prompt_embeds": embeds}], params, use_tqdm=False)[0].outputs[0].text
+    finally:
+        llm.llm_engine.engine_core.shutdown()
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("media", help="image, video or audio file")
-    parser.add_argument("--model", required=True, help="EmoReason checkpoint folder")
+    parser.add_argument("--model", required=True, help="EmoReason checkpoint folder (or an org/name hub id)")
     parser.add_argument("--task", default="expr", choices=TASKS)
     parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
     parser.add_argument("--max-new-tokens", type=int, default=160)

@@ -1,17 +1,25 @@
-"""`emoreason make-tiny OUT`: tiny random checkpoints built offline, in the on-disk formats of the real ones.
+"""`emoreason make-tiny OUT [--base internvl|llava_onevision]`: tiny random checkpoints built offline, in the on-disk
+formats of the real ones.
 
-    OUT/base/       an InternVL-hf image-text-to-text model (vision tower, projector, Qwen2 language model with
-                    head_dim 64 as vLLM's CPU attention needs), its tokenizer with a chat template and the EmoReason
-                    placeholder tokens, and its image processor config
+    OUT/base/       the base MLLM (vision tower, projector, Qwen2 language model with head_dim 64 as vLLM's CPU
+                    attention needs), its tokenizer with a chat template, and its image processor config:
+                    `internvl` (default) an InternVL-hf model, its tokenizer already holding the EmoReason
+                    placeholder tokens; `llava_onevision` a LLaVA-OneVision-hf model (SigLIP, tied embeddings as in
+                    the 0.5B), its tokenizer with only the base's own `<image>`/`<video>` tokens, so `from_base`
+                    adds the placeholders and resizes the embeddings as it does for the real checkpoint
     OUT/audio/      a Wav2Vec2 model and its feature extractor config
     OUT/emoreason/  the composed EmoReason model (`from_pretrained` loads it), with its processor
     OUT/sample.mp4  a 2 s clip of a real face with speech, to try the commands on
 
-Tests and the README's offline example use it; real runs point the same code at hub ids or local paths.
+OUT follows the output rules (`mllm.outputs.claim_output_dir`): new, empty, or written by make-tiny before; each
+part is written under a temporary name and renamed into place. Tests and the README's offline example use it; real
+runs point the same code at hub ids or local paths.
 """
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 
 HELP = "Build tiny random checkpoints (base MLLM, Wav2Vec2, composed EmoReason model) offline, for tests and demos."
@@ -42,19 +50,23 @@ Describe the facial expression in the video. What emotion does the speaker show?
 """
 
 
-def build_tokenizer(vocab_size: int = 512):
-    """A byte-level BPE tokenizer trained on a few sentences, with the chat template and placeholder tokens."""
+def build_tokenizer(vocab_size: int = 512, extra_special_tokens: tuple[str, ...] | None = None):
+    """A byte-level BPE tokenizer trained on a few sentences, with the chat template and the special tokens
+    `<|endoftext|>`, `<|im_start|>`, `<|im_end|>` plus `extra_special_tokens` (default: InternVL's image tokens and
+    the EmoReason placeholders)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
     from mllm.config import AUDIO_PLACEHOLDERS
 
+    if extra_special_tokens is None:
+        extra_special_tokens = (*SPECIAL_TOKENS[3:], *AUDIO_PLACEHOLDERS)
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS + list(AUDIO_PLACEHOLDERS),
+        special_tokens=[*SPECIAL_TOKENS[:3], *extra_special_tokens],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -64,7 +76,7 @@ def build_tokenizer(vocab_size: int = 512):
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
         bos_token=None,
-        additional_special_tokens=SPECIAL_TOKENS[3:] + list(AUDIO_PLACEHOLDERS),
+        additional_special_tokens=list(extra_special_tokens),
     )
     tokenizer.chat_template = CHAT_TEMPLATE
     return tokenizer
@@ -101,11 +113,42 @@ SIZES = {
 }
 
 
-def build_base(out: Path, tokenizer, size: str = "tiny", seed: int = 0):
+def _text_config(tokenizer, s: dict, tie_word_embeddings: bool = False) -> dict:
+    """A Qwen2 language model config. head_dim 64: vLLM's CPU attention supports it."""
+    return {
+        "model_type": "qwen2",
+        "vocab_size": len(tokenizer),
+        "hidden_size": s["lm_hidden"],
+        "intermediate_size": s["lm_ffn"],
+        "num_hidden_layers": s["lm_layers"],
+        "num_attention_heads": s["lm_heads"],
+        "num_key_value_heads": 1,
+        "head_dim": 64,
+        "max_position_embeddings": 4096,
+        "tie_word_embeddings": tie_word_embeddings,
+        # Wider than the usual 0.02: with a frozen random head of that scale the largest reachable logit is
+        # about 2.5, so even a perfect LoRA could not bring the loss below ~3.7 on a 512-token vocabulary.
+        "initializer_range": 0.1,
+        "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": None,
+    }
+
+
+def _save_base(model, tokenizer, image_processor, out: Path) -> None:
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    image_processor.save_pretrained(out)
+
+
+def build_internvl_base(out: Path, size: str = "tiny", seed: int = 0):
     """A random InternVL-hf model. "tiny": 64x64 images, 16 px patches, pixel shuffle 0.5 -> 4 visual tokens."""
     import torch
     from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration
 
+    tokenizer = build_tokenizer()
     torch.manual_seed(seed)
     s = SIZES[size]
     image_size = s["image_size"]
@@ -118,38 +161,71 @@ def build_base(out: Path, tokenizer, size: str = "tiny", seed: int = 0):
             "image_size": [image_size, image_size],
             "patch_size": [s["patch"], s["patch"]],
         },
-        text_config={
-            "model_type": "qwen2",
-            "vocab_size": len(tokenizer),
-            "hidden_size": s["lm_hidden"],
-            "intermediate_size": s["lm_ffn"],
-            "num_hidden_layers": s["lm_layers"],
-            "num_attention_heads": s["lm_heads"],  # head_dim 64: vLLM's CPU attention supports it
-            "num_key_value_heads": 1,
-            "head_dim": 64,
-            "max_position_embeddings": 4096,
-            "tie_word_embeddings": False,
-            # Wider than the usual 0.02: with a frozen random head of that scale the largest reachable logit is
-            # about 2.5, so even a perfect LoRA could not bring the loss below ~3.7 on a 512-token vocabulary.
-            "initializer_range": 0.1,
-            "eos_token_id": tokenizer.convert_tokens_to_ids("<|im_end|>"),
-            "pad_token_id": tokenizer.pad_token_id,
-            "bos_token_id": None,
-        },
+        text_config=_text_config(tokenizer, s),
         image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"),
         image_seq_length=(image_size // s["patch"]) ** 2 // 4,
         downsample_ratio=0.5,
         tie_word_embeddings=False,
     )
     model = InternVLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    GotOcr2ImageProcessor(
+    image_processor = GotOcr2ImageProcessor(
         size={"height": image_size, "width": image_size}, crop_to_patches=False, do_convert_rgb=True
-    ).save_pretrained(out)
+    )
+    _save_base(model, tokenizer, image_processor, out)
     return model
+
+
+def build_llava_onevision_base(out: Path, size: str = "tiny", seed: int = 0):
+    """A random LLaVA-OneVision-hf model: SigLIP (no pooling head), 2-layer MLP projector, Qwen2 LM with tied
+    embeddings (as in llava-onevision-qwen2-0.5b-ov-hf). "tiny": 64x64 images, 16 px patches -> a 4x4 grid, pooled
+    2x2 -> 4 visual tokens. The tokenizer holds only the base's own `<image>` / `<video>` tokens."""
+    import torch
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        LlavaOnevisionImageProcessor,
+    )
+
+    tokenizer = build_tokenizer(extra_special_tokens=("<image>", "<video>"))
+    torch.manual_seed(seed)
+    s = SIZES[size]
+    image_size = s["image_size"]
+    # OneVision's anyres grid for single images, scaled to the tiny tile (unused by EmoReason; kept for the format).
+    pinpoints = [[image_size * h, image_size * w] for h in (1, 2) for w in (1, 2)]
+    config = LlavaOnevisionConfig(
+        vision_config={
+            "model_type": "siglip_vision_model",
+            "hidden_size": s["vision_hidden"],
+            "num_hidden_layers": s["vision_layers"],
+            "num_attention_heads": max(2, s["vision_hidden"] // 64),
+            "intermediate_size": 2 * s["vision_hidden"],
+            "image_size": image_size,
+            "patch_size": s["patch"],
+            "vision_use_head": False,
+        },
+        text_config=_text_config(tokenizer, s, tie_word_embeddings=True),
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="full",
+        image_grid_pinpoints=pinpoints,
+        vision_aspect_ratio="anyres_max_9",
+        tie_word_embeddings=True,
+    )
+    model = LlavaOnevisionForConditionalGeneration(config)
+    image_processor = LlavaOnevisionImageProcessor(
+        size={"height": image_size, "width": image_size},
+        image_grid_pinpoints=pinpoints,
+        image_mean=[0.5, 0.5, 0.5],
+        image_std=[0.5, 0.5, 0.5],
+        do_convert_rgb=True,
+    )
+    _save_base(model, tokenizer, image_processor, out)
+    return model
+
+
+# Base model type -> builder of its tiny random checkpoint (one per supported base).
+TINY_BASES = {"internvl": build_internvl_base, "llava_onevision": build_llava_onevision_base}
 
 
 def build_audio(out: Path, size: str = "tiny", seed: int = 0):
@@ -179,18 +255,28 @@ def build_audio(out: Path, size: str = "tiny", seed: int = 0):
     return model
 
 
-def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny") -> Path:
-    from mllm.model import EmoReasonForConditionalGeneration
+def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", base: str = "internvl") -> Path:
+    """Build the tiny checkpoints under `out` (claimed first: new, empty or ours). Returns `out/emoreason`."""
+    from mllm.model import EmoReasonForConditionalGeneration, get_adapter
+    from mllm.outputs import atomic_dir, atomic_path, claim_output_dir
     from mllm.processor import EmoReasonProcessor
 
-    out = Path(out)
-    tokenizer = build_tokenizer()
-    build_base(out / "base", tokenizer, size=size, seed=seed)
-    build_audio(out / "audio", size=size, seed=seed)
-    model = EmoReasonForConditionalGeneration.from_base(out / "base", out / "audio", seed=seed)
-    model.save_pretrained(out / "emoreason")
-    EmoReasonProcessor.from_base(out / "base", out / "audio", model.config).save_pretrained(out / "emoreason")
-    write_sample_clip(out / "sample.mp4")
+    if base not in TINY_BASES:
+        get_adapter(base)  # a refused or unknown family: its reason
+        raise ValueError(f"no tiny checkpoint for base {base!r}; available: {sorted(TINY_BASES)}")
+    if size not in SIZES:
+        raise ValueError(f"unknown size {size!r}; valid: {sorted(SIZES)}")
+    out = claim_output_dir(out)
+    with atomic_dir(out / "base") as tmp:
+        TINY_BASES[base](tmp, size=size, seed=seed)
+    with atomic_dir(out / "audio") as tmp:
+        build_audio(tmp, size=size, seed=seed)
+    with atomic_dir(out / "emoreason") as tmp:
+        model = EmoReasonForConditionalGeneration.from_base(out / "base", out / "audio", seed=seed)
+        model.save_pretrained(tmp)
+        EmoReasonProcessor.from_base(out / "base", out / "audio", model.config).save_pretrained(tmp)
+    with tempfile.TemporaryDirectory() as scratch, atomic_path(out / "sample.mp4") as tmp:
+        shutil.copyfile(write_sample_clip(Path(scratch) / "sample.mp4"), tmp)  # the container follows the suffix
     return out / "emoreason"
 
 
@@ -207,9 +293,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("out", help="output folder")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny", help="tiny (tests) or mid (benchmarks)")
+    parser.add_argument(
+        "--base", default="internvl", help=f"base MLLM family, by model_type: {', '.join(sorted(TINY_BASES))}"
+    )
 
 
 def run(args) -> int:
-    path = make_tiny(args.out, seed=args.seed, size=args.size)
-    print(f"tiny checkpoints in {args.out}: base/, audio/, emoreason/, sample.mp4 (from_pretrained('{path}'))")
+    path = make_tiny(args.out, seed=args.seed, size=args.size, base=args.base)
+    print(
+        f"tiny {args.base} checkpoints in {args.out}: base/, audio/, emoreason/, sample.mp4 "
+        f"(from_pretrained('{path}'))"
+    )
     return 0

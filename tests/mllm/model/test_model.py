@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +9,29 @@ from mllm import synthetic
 from mllm.export import language_model_lora_config
 from mllm.model import EmoReasonForConditionalGeneration, FaceRegionGuidedAttention, get_adapter
 
-TOKENS_PER_IMAGE = 4  # tiny base: 64 px images, 16 px patches, pixel shuffle 0.5
+TOKENS_PER_IMAGE = 4  # tiny bases: 64 px images, 16 px patches; pixel shuffle 0.5 (InternVL), 2x2 pooling (OneVision)
+BASES = ("internvl", "llava_onevision")
+
+
+def built_tiny(tmp_path_factory, base: str) -> Path:
+    """One tiny checkpoint of `base` per session, whichever test module asks first (test_parity imports this)."""
+    from mllm.tiny import make_tiny
+
+    root = tmp_path_factory.getbasetemp() / f"tiny-{base}"
+    if not (root / "sample.mp4").exists():  # make-tiny writes it last
+        make_tiny(root, base=base)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_onevision_dir(tmp_path_factory):
+    return built_tiny(tmp_path_factory, "llava_onevision")
+
+
+@pytest.fixture(scope="session", params=BASES)
+def tiny_base_dir(request):
+    """The tiny checkpoint folder of each supported base (InternVL's is the session's `tiny_dir`)."""
+    return request.getfixturevalue("tiny_dir" if request.param == "internvl" else f"tiny_{request.param}_dir")
 
 
 def user(*parts):
@@ -128,8 +152,57 @@ def test_refused_and_unknown_bases():
         get_adapter("qwen2_5_vl")
     with pytest.raises(ValueError, match="bidirectional"):
         get_adapter("gemma3")
-    with pytest.raises(ValueError, match=r"unknown base model type 'bert'; supported: \['internvl'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown base model type 'bert'; supported: \['internvl', 'llava_onevision'\]"
+    ):
         get_adapter("bert")
+
+
+def test_tokens_per_image_of_the_real_configurations():
+    """One fixed tile per face crop or frame: InternVL3-1B's 448 px tile -> 256 tokens; LLaVA-OneVision's 384 px
+    SigLIP tile (27x27 patches) pooled 2x2 as its video frames are -> 196 tokens."""
+    from transformers import InternVLConfig, LlavaOnevisionConfig
+
+    internvl, onevision = get_adapter("internvl"), get_adapter("llava_onevision")
+    assert internvl.image_size(InternVLConfig()) == 448 and internvl.tokens_per_image(InternVLConfig()) == 256
+    assert onevision.image_size(LlavaOnevisionConfig()) == 384
+    assert onevision.tokens_per_image(LlavaOnevisionConfig()) == 196
+    with pytest.raises(ValueError, match="needs the full patch grid"):
+        onevision.tokens_per_image(LlavaOnevisionConfig(vision_feature_select_strategy="default"))
+
+
+def test_llava_onevision_from_base_adds_placeholders_and_keeps_tied_embeddings(tiny_llava_onevision_dir):
+    """The OneVision tiny's tokenizer, like the real one, lacks the EmoReason placeholders: from_base adds them,
+    grows the (tied) embeddings to match, and the composed checkpoint keeps the tie after loading."""
+    from transformers import AutoTokenizer
+
+    base_tokenizer = AutoTokenizer.from_pretrained(str(tiny_llava_onevision_dir / "base"))
+    assert "<IMG_CONTEXT>" not in base_tokenizer.get_vocab()
+    model = EmoReasonForConditionalGeneration.from_pretrained(str(tiny_llava_onevision_dir / "emoreason"))
+    assert model.config.base_config["model_type"] == "llava_onevision"
+    embeddings = model.get_input_embeddings()
+    assert embeddings.num_embeddings == len(base_tokenizer) + 6  # <img> </img> <IMG_CONTEXT> and the audio three
+    assert model.base.lm_head.weight.data_ptr() == embeddings.weight.data_ptr()
+
+
+def test_each_base_embeds_generates_and_round_trips(tiny_base_dir, video_with_audio, tmp_path):
+    from mllm.processor import EmoReasonProcessor
+
+    model = EmoReasonForConditionalGeneration.from_pretrained(str(tiny_base_dir / "emoreason")).eval()
+    processor = EmoReasonProcessor.from_pretrained(tiny_base_dir / "emoreason")
+    batch = processor([user({"type": "video", "video": str(video_with_audio)})])
+    frames = processor.frames_per_clip
+    assert batch["pixel_values"].shape == (frames, 3, 64, 64)
+    assert count(batch, processor, "<IMG_CONTEXT>") == frames * TOKENS_PER_IMAGE
+    with torch.no_grad():
+        embeds = model.build_inputs_embeds(**batch)
+        logits = model(**batch).logits
+    assert embeds.shape == (*batch["input_ids"].shape, 128) and torch.isfinite(embeds).all()
+    assert model.generate(**batch, max_new_tokens=3, do_sample=False).shape[0] == 1
+    model.save_pretrained(tmp_path / "copy")
+    with torch.no_grad():
+        again = AutoModel.from_pretrained(str(tmp_path / "copy")).eval()(**batch).logits
+    torch.testing.assert_close(again, logits, atol=0, rtol=0)
 
 
 def test_save_and_load_give_identical_logits(tiny_model, tiny_processor, tiny_dir, video_with_audio, tmp_path):
@@ -144,10 +217,13 @@ def test_save_and_load_give_identical_logits(tiny_model, tiny_processor, tiny_di
     torch.testing.assert_close(after, before, atol=0, rtol=0)
 
 
-def test_one_step_changes_every_trainable_parameter_and_no_frozen_one(tiny_dir, tiny_processor, video_with_audio):
+def test_one_step_changes_every_trainable_parameter_and_no_frozen_one(tiny_base_dir, video_with_audio):
     from peft import get_peft_model
 
-    model = EmoReasonForConditionalGeneration.from_pretrained(str(tiny_dir / "emoreason"))
+    from mllm.processor import EmoReasonProcessor
+
+    tiny_processor = EmoReasonProcessor.from_pretrained(tiny_base_dir / "emoreason")
+    model = EmoReasonForConditionalGeneration.from_pretrained(str(tiny_base_dir / "emoreason"))
     model.freeze_base()
     peft_model = get_peft_model(model, language_model_lora_config(model, r=4))
     model.set_trainable_new_modules(True)  # PEFT froze everything but LoRA
