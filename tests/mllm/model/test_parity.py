@@ -1,12 +1,16 @@
 """Greedy tokens from transformers `generate` on `build_inputs_embeds` equal vLLM's (the CPU build) from the same
-embeddings passed as `prompt_embeds` to the exported language model, without and with a LoRA adapter."""
+embeddings passed as `prompt_embeds` to the exported language model, without and with a LoRA adapter, for every
+supported base. One engine per base: the module-scoped fixtures are parametrized by base, so pytest runs one base's
+tests, stops its engine, then starts the next."""
 
 import os
+import time
 
 import pytest
 import torch
 
 from mllm.export import convert_lora_adapter, export_language_model, language_model_lora_config
+from tests.mllm.model.test_model import BASES, built_tiny
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 vllm = pytest.importorskip("vllm")
@@ -14,16 +18,28 @@ vllm = pytest.importorskip("vllm")
 MAX_NEW_TOKENS = 12
 
 
+@pytest.fixture(scope="module", params=BASES)
+def base(request, tmp_path_factory):
+    """(tiny checkpoint folder, processor) of each supported base; InternVL's is the session's `tiny_dir`."""
+    from mllm.processor import EmoReasonProcessor
+
+    if request.param == "internvl":
+        return request.getfixturevalue("tiny_dir"), request.getfixturevalue("tiny_processor")
+    root = built_tiny(tmp_path_factory, request.param)
+    return root, EmoReasonProcessor.from_pretrained(root / "emoreason")
+
+
 @pytest.fixture(scope="module")
-def served(tiny_dir, tiny_processor, tmp_path_factory):
+def served(base, tmp_path_factory):
     """The exported LM, a LoRA adapter converted to its names, and the composed model wearing that adapter."""
     from peft import get_peft_model
 
     from mllm.model import EmoReasonForConditionalGeneration
 
+    tiny_dir, processor = base
     out = tmp_path_factory.mktemp("served")
     model = EmoReasonForConditionalGeneration.from_pretrained(str(tiny_dir / "emoreason")).eval()
-    lm_dir = export_language_model(model, tiny_processor.tokenizer, out / "language_model")
+    lm_dir = export_language_model(model, processor.tokenizer, out / "language_model")
     torch.manual_seed(1)
     peft_model = get_peft_model(model, language_model_lora_config(model, r=8))
     with torch.no_grad():  # a trained-looking adapter: B away from zero so the outputs differ from the base
@@ -37,6 +53,7 @@ def served(tiny_dir, tiny_processor, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def llm(served):
+    started = time.perf_counter()
     engine = vllm.LLM(
         model=str(served["lm"]),
         enable_prompt_embeds=True,
@@ -48,13 +65,16 @@ def llm(served):
         max_model_len=1024,
         seed=0,
     )
+    print(f"vLLM engine start: {time.perf_counter() - started:.1f} s")  # shown with -s
     yield engine
     # Stop the engine process while pytest's output capture is still open (its logger writes on shutdown).
     engine.llm_engine.engine_core.shutdown()
 
 
 @pytest.fixture(scope="module")
-def prompts(tiny_processor, video_with_audio, astronaut_png, video_no_face):
+def prompts(base, video_with_audio, astronaut_png, video_no_face):
+    tiny_processor = base[1]
+
     def user(part):
         return [{"role": "user", "content": [part, {"type": "text", "text": "Which emotion?"}]}]
 
