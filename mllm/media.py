@@ -679,12 +679,12 @@ class _VideoDecode:
                     _check_frame_size(self.name, frame.width, frame.height, limits)
                     index += 1
                     t = (frame.time - t0) if frame.time is not None else index / (self.rate or 25.0)
-                    _past_limit(self.name, "video", t, self.start, limits)
                     if t < self.start - 1e-6:
                         continue
                     if t >= self.end:
                         video_done = True
                         break
+                    _past_limit(self.name, "video", t, self.start, limits)
                     self.last_time = t
                     # After a seek the decode index is not the file's frame number: estimate it from the time.
                     yield t, (round(t * self.rate) if self.seeked and self.rate else index), frame
