@@ -29,7 +29,7 @@ def test_predict_cli_with_vllm_gives_a_parsed_answer(tiny_dir, video_with_audio,
         env={"VLLM_CPU_KVCACHE_SPACE": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)},
     )
     assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout[out.stdout.index("{") :])
+    result = json.loads(out.stdout)  # stdout is the result alone: vLLM's logs went to stderr
     assert result["ok"] and result["answer"] in (
         "Neutral",
         "Anger",
@@ -42,3 +42,23 @@ def test_predict_cli_with_vllm_gives_a_parsed_answer(tiny_dir, video_with_audio,
     )
     assert parse(result["completion"], "expr").answer == result["answer"]
     assert (model_dir / "served" / "language_model" / "config.json").exists()
+    assert (model_dir / "served" / "language_model" / ".emoreason-export.json").exists()  # complete, keyed export
+
+
+def test_stdout_to_stderr_covers_subprocesses_and_c_level_writes():
+    """What runs inside (the engine, its subprocesses, C libraries writing to fd 1) reaches stderr; stdout gets only
+    what is printed after."""
+    code = (
+        "import os, sys\n"
+        "from mllm.predict import stdout_to_stderr\n"
+        "with stdout_to_stderr():\n"
+        "    print('python print inside', flush=True)\n"
+        "    os.write(1, b'fd write inside\\n')\n"
+        "    os.system('echo child process inside')\n"
+        "print('result')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "result\n"
+    for line in ("python print inside", "fd write inside", "child process inside"):
+        assert line in out.stderr
