@@ -59,12 +59,7 @@ def stdout_to_stderr():
 
 
 def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max_new_tokens: int = 160) -> dict:
-    import torch
-
-    from mllm.model import EmoReasonForConditionalGeneration
-    from mllm.model.modeling import check_checkpoint, resolve_checkpoint
-    from mllm.output import answer_regex, parse
-    from mllm.processor import EmoReasonProcessor
+    from mllm.export import check_checkpoint, resolve_checkpoint
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {TASKS}")
@@ -74,6 +69,13 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
         raise FileNotFoundError(f"{media}: no such file" if not Path(media).exists() else f"{media}: not a file")
     model_dir = resolve_checkpoint(model_dir)  # a missing folder fails here, at once
     check_checkpoint(model_dir, processor=True)
+
+    import torch  # the slow imports come after the checks, so bad input fails at once
+
+    from mllm.model import EmoReasonForConditionalGeneration
+    from mllm.output import answer_regex, parse
+    from mllm.processor import EmoReasonProcessor
+
     model = EmoReasonForConditionalGeneration.from_pretrained(str(model_dir)).eval()
     processor = EmoReasonProcessor.from_pretrained(model_dir)
     batch = processor([build_messages(media, task, model.config.label_space)])
