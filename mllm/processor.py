@@ -524,7 +524,6 @@ class EmoReasonProcessor:
         """Aligned face crops (ABAW's cropped_aligned): landmarks with the whole crop as the face box, and, when the
         part names the source video, its audio over the frames' span (frame n plays at (n - 1) / fps)."""
         from mllm.face.crops import crop_landmarks
-        from mllm.face.landmarks import FaceDetector
 
         if not isinstance(frames, list | tuple) or not frames:
             _fail("frames must be a non-empty list of image paths")
@@ -548,12 +547,11 @@ class EmoReasonProcessor:
         if fps is not None:
             times = (numbers - 1) / fps
             positions = [i for i in positions if times[i] < times[0] + limits.seconds]
-        detector = FaceDetector()
         lines = []
         for k, i in enumerate(positions[j] for j in _spread(len(positions), limits.frames)):
             path = os.fspath(frames[i])
             rgb = load_image(path)
-            points = crop_landmarks(path, image=rgb, cache=self.face_cache, detector=detector)
+            points = crop_landmarks(path, image=rgb, cache=self.face_cache)
             tokens = self._add_frame(media, rgb, points)
             when = f" at {(numbers[i] - 1) / fps:.1f}s" if fps is not None else ""
             lines.append(f"Frame {k + 1}{when}: {tokens}")
