@@ -12,9 +12,20 @@ BUILDERS: dict[str, str] = {
 
 
 def get_builder(name: str):
+    """`build(options, report, progress=None) -> samples` for dataset `name`: the dataset's own parser followed by
+    the checks every builder shares (`common.check_samples`: repeated and conflicting samples, split overlap)."""
+    import functools
     import importlib
 
     if name not in BUILDERS:
         raise ValueError(f"unknown dataset {name!r}; valid: {sorted(BUILDERS)}")
     module, function = BUILDERS[name].split(":")
-    return getattr(importlib.import_module(module), function)
+    parse = getattr(importlib.import_module(module), function)
+
+    @functools.wraps(parse)
+    def build(options, report, progress=None):
+        from data_builders.common import check_samples
+
+        return check_samples(parse(options, report, progress), options, report)
+
+    return build

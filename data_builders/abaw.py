@@ -10,16 +10,37 @@ Layout (folder names of every edition accepted; the annotation tree may sit one 
 
 EXPR codes 0-7 (Neutral, Anger, Disgust, Fear, Happiness, Sadness, Surprise, Other), -1 ignored; AU 12 0/1 values,
 -1 ignored; VA two floats in [-1, 1], -5 ignored. Samples are windows of `clip_len` frames every `clip_stride`.
+
+Line i of a per-video file is frame i, so a blank or undecodable line inside one is a malformed line (with
+--skip-bad a masked frame) rather than skipped: skipping would shift every later label by a frame. Blank lines at
+the end are no frames. Multi-task list lines name their frame; a frame beyond the video's last crop (or, without
+crops, more than `MAX_FRAME_GAP` frames after the previous one) is refused as a typo. Expression clips built from
+the multi-task list are explained from the same frames' AU labels.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
 import numpy as np
 
-from data_builders.common import BuildOptions, BuildReport, guarded, majority, prompt, read_lines, windows
+from data_builders.common import (
+    MAX_FRAME_GAP,
+    BuildOptions,
+    BuildReport,
+    Undecodable,
+    complain,
+    guarded,
+    majority,
+    not_utf8,
+    prompt,
+    read_lines,
+    require_data,
+    text_lines,
+    windows,
+)
 from data_builders.cot import build_target
 from data_builders.schema import AnnotationError, Sample
 from mllm.labels import ABAW_AUS, LABEL_SPACES
@@ -33,6 +54,7 @@ TASK_FOLDERS = {
 }
 SPLIT_FOLDERS = {"Train_Set": "train", "Validation_Set": "validation", "Test_Set": "test"}
 MTL_FILES = {"training_set_annotations.txt": "train", "validation_set_annotations.txt": "validation"}
+MTL_HEADER = ["image", "valence", "arousal", "expression"] + [a.lower() for a in ABAW_AUS]
 HEADERS = {
     "expr": [n.lower() for n in EXPR_LABELS],
     "au": [a.lower() for a in ABAW_AUS],
@@ -52,6 +74,10 @@ def _find(root: Path, name: str, depth: int = 3) -> Path | None:
 
 def _parse_value(task: str, path: Path, line_no: int, text: str):
     """One annotation line -> the frame's value, or None when the frame is marked invalid."""
+    if isinstance(text, Undecodable):
+        raise not_utf8(path, line_no, text)
+    if not text.strip():
+        raise AnnotationError(path, line_no, "", "blank line inside a per-frame annotation (line i is frame i)")
     fields = [f.strip() for f in text.split(",")]
     try:
         if task == "expr":
@@ -73,6 +99,8 @@ def _parse_value(task: str, path: Path, line_no: int, text: str):
         if len(fields) != 2:
             raise ValueError("expected valence,arousal")
         valence, arousal = float(fields[0]), float(fields[1])
+        if not (math.isfinite(valence) and math.isfinite(arousal)):
+            raise AnnotationError(path, line_no, text, "valence and arousal must be finite numbers")
         if valence == -5 or arousal == -5:
             return None
         if not (-1 <= valence <= 1 and -1 <= arousal <= 1):
@@ -116,6 +144,8 @@ def _bulk_values(task: str, lines: list[str]) -> list | None:
                 return None
             invalid = (table == -1).any(axis=1)
         else:
+            if not np.isfinite(table).all():
+                return None
             invalid = (table == -5).any(axis=1)
             if (np.abs(table[~invalid]) > 1).any():
                 return None
@@ -127,10 +157,15 @@ def _bulk_values(task: str, lines: list[str]) -> list | None:
 
 def read_annotation(path: Path, task: str, options: BuildOptions, report: BuildReport) -> tuple[list, list[int]]:
     """Per-frame values (None for invalid frames) of one video's annotation file, and each frame's line number."""
-    numbered = list(read_lines(path))
+    numbered = text_lines(path)
+    while numbered and not numbered[-1][1].strip() and not isinstance(numbered[-1][1], Undecodable):
+        numbered.pop()  # blank lines at the end are no frames
     # A wrong header means every column would be misread: that stops the build even with --skip-bad.
-    if numbered and _check_header(task, path, *numbered[0]):
+    header = bool(numbered) and not isinstance(numbered[0][1], Undecodable) and _check_header(task, path, *numbered[0])
+    if header:
         numbered = numbered[1:]
+    if not require_data(path, numbered, options, report, header=header):
+        return [], []
     lines = [line_no for line_no, _ in numbered]
     fast = _bulk_values(task, [text for _, text in numbered])
     if fast is not None:
@@ -147,19 +182,19 @@ class _Media:
     """Crop and raw-video lookup for one ABAW root, listed once."""
 
     def __init__(self, root: Path, report: BuildReport):
-        self.report = report
+        self.root, self.report = root, report
         self.crops = _find(root, "cropped_aligned") or _find(root, "cropped-aligned")
         self._crop_sets: dict[str, list[int]] = {}
         self._present: dict[str, set[int]] = {}
         self.videos: dict[str, Path] = {}
-        for name in ("videos", "raw_videos", "Videos"):
-            folder = _find(root, name)
-            if folder is not None:
-                for path in sorted(folder.rglob("*")):
-                    if path.suffix.lower() in VIDEO_EXTENSIONS:
-                        self.videos.setdefault(path.stem, path)
+        self.video_folders = [f for f in (_find(root, n) for n in ("videos", "raw_videos", "Videos")) if f is not None]
+        for folder in self.video_folders:
+            for path in sorted(folder.rglob("*")):
+                if path.suffix.lower() in VIDEO_EXTENSIONS:
+                    self.videos.setdefault(path.stem, path)
+        self._warned = False
 
-    def crop_indices(self, video: str) -> list[int]:
+    def crop_indices(self, video: str, report: bool = True) -> list[int]:
         if video not in self._crop_sets:
             folder = self.crops / video if self.crops else None
             indices = (
@@ -167,9 +202,9 @@ class _Media:
                 if folder and folder.is_dir()
                 else []
             )
-            if not indices:
-                self.report.missing(folder or f"cropped_aligned/{video}")
             self._crop_sets[video] = indices
+        if report and not self._crop_sets[video]:
+            self.report.missing(self.crops / video if self.crops else f"{self.root}/cropped_aligned/{video}")
         return self._crop_sets[video]
 
     def frame_paths(self, video: str, frame_indices: list[int]) -> list[str]:
@@ -197,16 +232,32 @@ class _Media:
         return paths
 
     def raw_video(self, video: str) -> str:
-        """The source video; `<name>_left` and `<name>_right` are two subjects of `<name>`'s video and audio."""
+        """The source video; `<name>_left` and `<name>_right` are two subjects of `<name>`'s video and audio. One
+        not found is missing media (its samples have crops but no video or audio)."""
         path = self.videos.get(video) or self.videos.get(_SIDE.sub("", video))
+        if path is None:
+            if not self.video_folders and not self._warned:
+                self._warned = True
+                self.report.warnings.append(
+                    f"{self.root}: no raw videos folder (videos/, raw_videos/ or Videos/): samples have no audio"
+                )
+            self.report.missing(f"{self.root}/videos/{_SIDE.sub('', video)}.* (raw video)")
         return str(path) if path else ""
 
+    def last_crop(self, video: str) -> int | None:
+        indices = self.crop_indices(video, report=False)
+        return indices[-1] if indices else None
 
-def _clip_samples(video, task, split, values, lines, media: _Media, options, report, source: Path, dataset="abaw"):
-    """`values[k]` is frame k + 1 (None when invalid); `lines[k]` its line in `source` (-1 if it has none)."""
+
+def _clip_samples(
+    video, task, split, values, lines, media: _Media, options, report, source: Path, dataset="abaw", au_values=None
+):
+    """`values[k]` is frame k + 1 (None when invalid); `lines[k]` its line in `source` (-1 if it has none).
+    `au_values` (expression clips of the multi-task list): the same frames' AU labels, which ground the
+    explanation."""
     report.total_frames += len(values)
     report.invalid_frames += sum(v is None for v in values)
-    raw = media.raw_video(video)
+    raw = None
     samples = []
     for start, end in windows(len(values), options.clip_len, options.clip_stride):
         chunk = values[start:end]
@@ -215,6 +266,7 @@ def _clip_samples(video, task, split, values, lines, media: _Media, options, rep
             report.skipped_clips += 1
             continue
         indices = list(range(start + 1, end + 1))  # line i (after the header) is frame i
+        raw = media.raw_video(video) if raw is None else raw
         sample = Sample(
             id=f"{dataset}/{task}/{split}/{video}/{start + 1:05d}-{end:05d}",
             dataset=dataset,
@@ -234,11 +286,16 @@ def _clip_samples(video, task, split, values, lines, media: _Media, options, rep
             sample.expression_valid = valid
             sample.expression = EXPR_LABELS[majority(good)]
             answer, aus = sample.expression, None
+            if au_values is not None:
+                au_chunk = au_values[start:end]
+                sample.au_frames = [[-1] * len(ABAW_AUS) if v is None else v for v in au_chunk]
+                sample.au_valid = [v is not None for v in au_chunk]
+                aus = _active(au_chunk)
+                sample.aus = aus or []
         elif task == "au":
             sample.au_frames = [[-1] * len(ABAW_AUS) if v is None else v for v in chunk]
             sample.au_valid = valid
-            columns = zip(*good, strict=True)  # per AU, its values over the valid frames
-            sample.aus = [au for au, col in zip(ABAW_AUS, columns, strict=True) if 2 * sum(col) >= len(good)]
+            sample.aus = _active(chunk)
             answer, aus = tuple(sample.aus), sample.aus
         else:
             sample.va_frames = [[-5.0, -5.0] if v is None else v for v in chunk]
@@ -253,36 +310,97 @@ def _clip_samples(video, task, split, values, lines, media: _Media, options, rep
     return samples
 
 
+def _active(au_rows: list) -> list[str] | None:
+    """AUs active in at least half the valid frames (None for AU rows); None when no frame is valid."""
+    good = [v for v in au_rows if v is not None]
+    if not good:
+        return None
+    columns = zip(*good, strict=True)  # per AU, its values over the valid frames
+    return [au for au, col in zip(ABAW_AUS, columns, strict=True) if 2 * sum(col) >= len(good)]
+
+
 def _parse_mtl_line(path: Path, line_no: int, text: str):
     fields = [f.strip() for f in text.split(",")]
     if len(fields) != 4 + len(ABAW_AUS):
         raise AnnotationError(path, line_no, text, f"expected {4 + len(ABAW_AUS)} comma-separated fields")
     video, _, frame = fields[0].rpartition("/")
-    if not video or not Path(frame).stem.isdigit():
+    stem = Path(frame).stem
+    if not video or not stem.isascii() or not stem.isdigit():
         raise AnnotationError(path, line_no, text, "image must look like <video>/<frame>.jpg")
+    if int(stem) < 1:
+        raise AnnotationError(path, line_no, text, "frame numbers start at 1")
     return (
         video,
-        int(Path(frame).stem),
+        int(stem),
         _parse_value("va", path, line_no, ",".join(fields[1:3])),
         _parse_value("expr", path, line_no, fields[3]),
         _parse_value("au", path, line_no, ",".join(fields[4:])),
     )
 
 
-def _read_mtl(path: Path, options: BuildOptions, report: BuildReport) -> dict[str, dict[str, dict[int, object]]]:
+def _read_mtl(
+    path: Path, media: _Media, options: BuildOptions, report: BuildReport
+) -> dict[str, dict[str, dict[int, object]]]:
     """Multi-task list -> {video: {task: {frame index: value or None}, "lines": {frame index: line number}}}."""
     per_video: dict[str, dict[str, dict[int, object]]] = {}
-    for i, (line_no, text) in enumerate(read_lines(path)):
-        if i == 0 and text.split(",")[0].strip().lower() == "image":
-            continue
+    texts: dict[int, str] = {}
+    numbered = read_lines(path, options, report)
+    header = bool(numbered) and numbered[0][1].split(",")[0].strip().lower() == "image"
+    if header:
+        line_no, text = numbered[0]
+        # Every column is checked: a swapped pair of AU columns would silently swap their labels.
+        if [f.strip().lower() for f in text.split(",")] != MTL_HEADER:
+            raise AnnotationError(path, line_no, text, f"header does not match the multi-task columns {MTL_HEADER}")
+        numbered = numbered[1:]
+    if not require_data(path, numbered, options, report, header=header):
+        return {}
+    for line_no, text in numbered:
         row = guarded(options, report, _parse_mtl_line, path, line_no, text)
         if row is None:
             continue
         video, index, va, expr, au = row
         tasks = per_video.setdefault(video, {"expr": {}, "au": {}, "va": {}, "lines": {}})
+        if index in tasks["lines"]:
+            first = tasks["lines"][index]
+            if (tasks["va"][index], tasks["expr"][index], tasks["au"][index]) == (va, expr, au):
+                report.duplicates.append(f"{path}:{line_no}: repeats {path}:{first}")
+            else:
+                error = AnnotationError(path, line_no, text, f"conflicting labels for the frame on line {first}")
+                complain(options, report, error)
+                tasks["va"][index] = tasks["expr"][index] = tasks["au"][index] = None  # neither line is kept
+            continue
         tasks["va"][index], tasks["expr"][index], tasks["au"][index] = va, expr, au
         tasks["lines"][index] = line_no
-    return per_video
+        texts[line_no] = text
+    for video, tasks in per_video.items():
+        _bound_frames(video, tasks, texts, path, media, options, report)
+    return {video: tasks for video, tasks in per_video.items() if tasks["lines"]}
+
+
+def _bound_frames(video, tasks, texts, path, media: _Media, options, report) -> None:
+    """A frame number past the video's last crop (or, with no crops, far past the previous frame) is a typo that
+    would build clips of millions of empty frames: a malformed line, left out with --skip-bad."""
+    last = media.last_crop(video)
+    previous = 0
+    for index in sorted(tasks["lines"]):
+        line_no = tasks["lines"][index]
+        if last is not None and index > last:
+            reason = f"frame {index} is past the last crop of {video} ({last:05d}.jpg)"
+        elif last is None and index - previous > MAX_FRAME_GAP:
+            reason = f"frame {index} is {index - previous} frames after the previous one (more than {MAX_FRAME_GAP})"
+        else:
+            previous = index
+            continue
+        complain(options, report, AnnotationError(path, line_no, texts[line_no], reason))
+        for values in tasks.values():
+            values.pop(index, None)
+
+
+def _stray(folder: Path, expected: set[str], report: BuildReport, what: str) -> None:
+    """List what a layout folder holds besides `expected` (hidden files aside): ignored, and said so."""
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in expected and not entry.name.startswith("."):
+            report.ignored.append(f"{entry} (not {what})")
 
 
 def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sample]:
@@ -295,9 +413,12 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
         folder = next((f for f in (_find(options.root, n) for n in names) if f is not None), None)
         if folder is None:
             continue
+        _stray(folder, set(SPLIT_FOLDERS), report, f"a split folder: {sorted(SPLIT_FOLDERS)}")
         for split_folder, split in SPLIT_FOLDERS.items():
             if (folder / split_folder).is_dir() and options.wants(split=split):
-                jobs += [(task, split, path) for path in sorted((folder / split_folder).glob("*.txt"))]
+                files = sorted((folder / split_folder).glob("*.txt"))
+                _stray(folder / split_folder, {f.name for f in files}, report, "a <video>.txt annotation")
+                jobs += [(task, split, path) for path in files if path.is_file()]
     for name, split in MTL_FILES.items():
         path = _find(options.root, name)
         if path is not None and options.wants(split=split):
@@ -307,14 +428,18 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
         raise FileNotFoundError(f"{options.root}: no ABAW annotations found (looked for {looked_for})")
     for task, split, path in jobs:
         if task == "mtl":
-            for video, tasks in sorted(_read_mtl(path, options, report).items()):
+            for video, tasks in sorted(_read_mtl(path, media, options, report).items()):
                 by_line = tasks.pop("lines")
                 frames = range(1, max(by_line) + 1)
                 lines = [by_line.get(i, -1) for i in frames]
+                au_values = [tasks["au"].get(i) for i in frames]
                 for sub_task, by_index in tasks.items():
                     if options.wants(sub_task):
                         values = [by_index.get(i) for i in frames]
-                        samples += _clip_samples(video, sub_task, split, values, lines, media, options, report, path)
+                        extra = {"au_values": au_values} if sub_task == "expr" else {}
+                        samples += _clip_samples(
+                            video, sub_task, split, values, lines, media, options, report, path, **extra
+                        )
         else:
             values, lines = read_annotation(path, task, options, report)
             samples += _clip_samples(path.stem, task, split, values, lines, media, options, report, path)

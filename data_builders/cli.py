@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -17,7 +18,11 @@ def add_arguments(parser) -> None:
     build = sub.add_parser("build", help="build a dataset from its official layout", description=__doc__)
     build.add_argument("dataset", choices=sorted(BUILDERS))
     build.add_argument("--root", required=True, help="the dataset's root folder")
-    build.add_argument("--out", required=True, help="output folder (replaced atomically)")
+    build.add_argument(
+        "--out",
+        required=True,
+        help="output folder: new, empty, or a dataset emoreason built before (replaced atomically); never an input",
+    )
     build.add_argument("--task", action="append", choices=["expr", "au", "va", "ah"], help="repeatable; default all")
     build.add_argument("--split", action="append", help="repeatable; default all")
     build.add_argument("--skip-bad", action="store_true", help="count and report malformed lines instead of stopping")
@@ -27,21 +32,35 @@ def add_arguments(parser) -> None:
     build.add_argument("--classes", type=int, default=7, choices=[7, 8], help="AffectNet: 7 or 8 classes")
     build.add_argument("--openface", default=None, help="folder of OpenFace 2.0 CSVs (<video stem>.csv) to join")
     build.add_argument("--no-transcript", action="store_true", help="keep BAH transcripts out of the prompt")
+    build.add_argument(
+        "--drop-conflicts",
+        action="store_true",
+        help="leave out samples whose active AUs are not the usual ones for their label (target_grounding=conflict)",
+    )
+    build.add_argument(
+        "--allow-split-overlap",
+        action="store_true",
+        help="build even when a video or image is in two splits of one protocol (leakage; counted and listed)",
+    )
     inspect = sub.add_parser("inspect", help="print samples of a built dataset")
     inspect.add_argument("path")
     inspect.add_argument("--split", default=None)
     inspect.add_argument("-n", type=int, default=3)
 
 
+REPORT_FILE = "build_report.json"
+_SHOWN = 200  # problems listed on the console per kind; all of them are in REPORT_FILE
+
+
 def build(args):
     from rich.console import Console
-    from rich.table import Table
     from tqdm import tqdm
 
     from data_builders import get_builder
     from data_builders.common import BuildOptions, BuildReport
     from data_builders.schema import write_dataset
 
+    # Everything is checked, and the output claimed, before any work starts.
     options = BuildOptions(
         root=Path(args.root),
         tasks=tuple(args.task or ()),
@@ -52,26 +71,106 @@ def build(args):
         clip_stride=args.clip_stride,
         classes=args.classes,
         transcript_in_prompt=not args.no_transcript,
+        allow_split_overlap=args.allow_split_overlap,
     )
     if not options.root.is_dir():
-        raise FileNotFoundError(f"{options.root}: dataset root not found")
-    report = BuildReport()
-    with tqdm(desc=f"building {args.dataset}", unit="file", disable=None) as bar:
+        raise FileNotFoundError(f"{options.root}: dataset root not found (or not a folder)")
+    openface = Path(args.openface) if args.openface is not None else None
+    if openface is not None and not openface.is_dir():
+        raise FileNotFoundError(f"{openface}: --openface folder not found (or not a folder)")
+    protect = [p for p in (options.root, openface) if p is not None]
+    claim = _Claim(args.out, protect)
+    with claim:
+        report = BuildReport()
+        with tqdm(desc=f"building {args.dataset}", unit="file", disable=None) as bar:
 
-        def progress(step, total):
-            bar.total = total
-            bar.update(step)
+            def progress(step, total):
+                bar.total = total
+                bar.update(step)
 
-        samples = get_builder(args.dataset)(options, report, progress)
-    if args.openface:
-        from data_builders.openface import join
+            samples = get_builder(args.dataset)(options, report, progress)
+        if openface is not None:
+            from data_builders.openface import join
 
-        join(samples, Path(args.openface), options, report)
-    if not samples:
-        raise ValueError(f"{options.root}: no samples built (check --task / --split and the layout)")
-    write_dataset(samples, args.out)
+            joined = join(samples, openface, options, report)
+            if not joined:
+                report.warnings.append(f"{openface}: no OpenFace CSV matched a sample (looked for <video stem>.csv)")
+        conflicts = sum(s.target_grounding == "conflict" for s in samples)
+        if args.drop_conflicts:
+            samples = [s for s in samples if s.target_grounding != "conflict"]
+        if not samples:
+            raise ValueError(f"{options.root}: no samples built (check --task / --split and the layout)")
+        summary = _summary(args, samples, report, conflicts)
+        write_dataset(samples, claim.out, files={REPORT_FILE: json.dumps(summary, indent=1) + "\n"}, protect=protect)
+    _print_summary(Console(), args, samples, report, conflicts, claim.out)
+    return 0
 
-    console = Console()
+
+class _Claim:
+    """`--out` claimed before any work (`mllm.outputs.claim_output_dir`, the inputs protected, links followed);
+    on failure, a folder this run created (or marked) is taken back, so a failed build leaves what was there."""
+
+    def __init__(self, out_arg: str, protect: list[Path]):
+        from mllm.outputs import OutputRefusedError, claim_output_dir
+
+        out = Path(os.path.abspath(os.path.expanduser(out_arg)))
+        real = Path(os.path.realpath(out))
+        for item in protect:
+            guarded = Path(os.path.realpath(item))
+            if real == guarded or guarded in real.parents or real in guarded.parents:
+                raise OutputRefusedError(
+                    f"{out_arg}: --out is, is inside or contains the input {item} (links followed); "
+                    "choose a separate folder"
+                )
+        # The dataset folder is replaced as a whole: its parent must take the new one.
+        if out.exists() and not os.access(out.parent, os.W_OK | os.X_OK):
+            raise OutputRefusedError(f"{out_arg}: --out's parent folder {out.parent} is not writable")
+        self.created = []
+        missing = out
+        while not missing.exists() and missing != missing.parent:
+            self.created.append(missing)
+            missing = missing.parent
+        self.was_empty = out.is_dir() and not any(out.iterdir())
+        self.out = claim_output_dir(out_arg, protect=protect)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, exc, tb):
+        from mllm.outputs import MARKER
+
+        if kind is None or not (self.created or self.was_empty):
+            return False
+        if self.out.is_dir() and [e.name for e in self.out.iterdir()] == [MARKER]:
+            (self.out / MARKER).unlink()
+            for folder in self.created:  # deepest first; stops at the first that holds anything
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
+        return False
+
+
+def _summary(args, samples, report, conflicts: int) -> dict:
+    groups = Counter((s.split, s.task) for s in samples)
+    return {
+        "dataset": args.dataset,
+        "root": str(args.root),
+        "options": {
+            k: getattr(args, k)
+            for k in ("task", "split", "skip_bad", "seed", "clip_len", "clip_stride", "classes", "openface")
+            + ("no_transcript", "drop_conflicts", "allow_split_overlap")
+        },
+        "samples": {f"{split}/{task}": n for (split, task), n in sorted(groups.items())},
+        "conflict_targets": conflicts,
+        "conflicts_dropped": conflicts if args.drop_conflicts else 0,
+        **report.to_dict(),
+    }
+
+
+def _print_summary(console, args, samples, report, conflicts: int, out: Path) -> None:
+    from rich.table import Table
+
     table = Table(title=f"{args.dataset} -> {args.out}")
     for column in ("split", "task", "samples", "classes"):
         table.add_column(column)
@@ -84,13 +183,29 @@ def build(args):
         f"frames: {report.total_frames} annotated, {report.invalid_frames} invalid, {report.fallback_frames} "
         f"missing crops filled from the nearest frame; clips skipped (no valid frame / excluded): "
         f"{report.skipped_clips}; malformed lines skipped: {len(report.bad_lines)}; missing media: "
-        f"{len(report.missing_media)}"
+        f"{len(report.missing_media)}",
+        markup=False,
     )
-    for line in report.bad_lines[:20]:
-        console.print(f"  bad: {line}", markup=False)
-    for path in report.missing_media[:20]:
-        console.print(f"  missing: {path}", markup=False)
-    return 0
+    kept = "left out (--drop-conflicts)" if args.drop_conflicts else "kept, marked target_grounding=conflict"
+    console.print(
+        f"exact duplicates dropped: {len(report.duplicates)}; targets whose AUs are not the usual ones for the "
+        f"answer: {conflicts} ({kept}); split overlaps allowed: {len(report.overlaps)}; ignored files: "
+        f"{len(report.ignored)}; warnings: {len(report.warnings)}",
+        markup=False,
+    )
+    for kind, items in (
+        ("bad", report.bad_lines),
+        ("missing", report.missing_media),
+        ("duplicate", report.duplicates),
+        ("WARNING split overlap", report.overlaps),
+        ("ignored", report.ignored),
+        ("warning", report.warnings),
+    ):
+        for item in items[:_SHOWN]:
+            console.print(f"  {kind}: {item}", markup=False, soft_wrap=True)
+        if len(items) > _SHOWN:
+            console.print(f"  ... {len(items) - _SHOWN} more {kind} entries in {out / REPORT_FILE}", markup=False)
+    console.print(f"report: {out / REPORT_FILE}", markup=False, soft_wrap=True)
 
 
 def _class_of(sample) -> str:

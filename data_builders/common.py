@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import codecs
+import re
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, fields
+from pathlib import Path, PurePosixPath
 
 from data_builders.cot import build_target
 from data_builders.schema import AnnotationError, Sample
@@ -23,6 +25,7 @@ class BuildOptions:
     clip_stride: int = 16
     transcript_in_prompt: bool = True
     classes: int = 7  # AffectNet: 7 or 8
+    allow_split_overlap: bool = False  # build even when one video/image is in two splits of a protocol (leakage)
 
     def __post_init__(self):
         self.root = Path(self.root)
@@ -37,26 +40,78 @@ class BuildOptions:
 
 @dataclass
 class BuildReport:
-    bad_lines: list[str] = field(default_factory=list)
+    bad_lines: list[str] = field(default_factory=list)  # per-line problems skipped with --skip-bad
     missing_media: list[str] = field(default_factory=list)
     invalid_frames: int = 0
     total_frames: int = 0
     fallback_frames: int = 0
     skipped_clips: int = 0
+    duplicates: list[str] = field(default_factory=list)  # exact repeats of a sample, dropped
+    overlaps: list[str] = field(default_factory=list)  # samples in two splits, kept with --allow-split-overlap
+    ignored: list[str] = field(default_factory=list)  # files in the layout's folders that are not part of it
+    warnings: list[str] = field(default_factory=list)
 
     def missing(self, path) -> None:
-        self.missing_media.append(str(path))
+        if str(path) not in self.missing_media:
+            self.missing_media.append(str(path))
+
+    def to_dict(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, str]]:
-    """(1-based line number, stripped text) of the non-empty lines of a text file."""
+# No video has a gap this long between annotated frames (about an hour at 30 fps): a frame number beyond it is a
+# typo that would build a clip of millions of empty frames.
+MAX_FRAME_GAP = 100_000
+
+
+class Undecodable(str):
+    """A line that is not UTF-8 (its bytes shown with backslash escapes)."""
+
+
+def text_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, text) of every line of a file, split at "\\n" only (as editors number them: a form
+    feed or U+2028 inside a line does not start a new one), "\\r" and a UTF-8 byte-order mark removed. A line that
+    is not UTF-8 comes as `Undecodable`."""
+    data = Path(path).read_bytes()
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise AnnotationError(path, None, "", f"not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            yield line_no, line
+        lines: list[str] = data.decode("utf-8").split("\n")
+    except UnicodeDecodeError:
+        lines = []
+        for raw in data.split(b"\n"):
+            try:
+                lines.append(raw.decode("utf-8"))
+            except UnicodeDecodeError:
+                lines.append(Undecodable(raw.decode("utf-8", "backslashreplace")))
+    if lines and lines[-1] == "":
+        lines.pop()  # the final newline ends the last line; it does not start an empty one
+    return [(i, line[:-1] if line.endswith("\r") else line) for i, line in enumerate(lines, 1)]
+
+
+def not_utf8(path: Path, line_no: int, text: str) -> AnnotationError:
+    return AnnotationError(path, line_no, text, "not UTF-8 text")
+
+
+def read_lines(path: Path, options: BuildOptions, report: BuildReport) -> list[tuple[int, str]]:
+    """(1-based line number, text) of the non-blank lines of a text file; a line that is not UTF-8 is a malformed
+    line (`complain`: it stops the build, or with --skip-bad is counted and left out)."""
+    out = []
+    for line_no, text in text_lines(path):
+        if isinstance(text, Undecodable):
+            complain(options, report, not_utf8(path, line_no, text))
+        elif text.strip():
+            out.append((line_no, text))
+    return out
+
+
+def require_data(path: Path, rows: list, options: BuildOptions, report: BuildReport, header: bool = False) -> bool:
+    """An annotation file without data lines would vanish from the build: it is a problem, reported like a bad
+    line. Returns whether there are rows."""
+    if not rows:
+        reason = "only a header, no data lines" if header else "no data lines (empty file)"
+        complain(options, report, AnnotationError(path, None, "", reason))
+    return bool(rows)
 
 
 def complain(options: BuildOptions, report: BuildReport, error: AnnotationError) -> None:
@@ -73,6 +128,88 @@ def guarded(options: BuildOptions, report: BuildReport, fn, *args):
     except AnnotationError as exc:
         complain(options, report, exc)
         return None
+
+
+def relative_media(path: Path, line_no: int, text: str, value: str) -> str:
+    """A media path from an annotation line: relative to the dataset root and staying inside it."""
+    value = value.strip()
+    parts = PurePosixPath(value.replace("\\", "/")).parts
+    if not value or value.startswith(("/", "\\")) or ".." in parts or ":" in value.split("/")[0]:
+        raise AnnotationError(path, line_no, text, "media path must be relative to the dataset root, without '..'")
+    return value
+
+
+def where(sample: Sample) -> str:
+    return f"{sample.source_file}:{sample.source_line}" if sample.source_line > 0 else sample.source_file
+
+
+_LABEL_FIELDS = ("expression", "expression_frames", "aus", "au_frames", "valence", "arousal", "va_frames", "ah")
+_MEDIA_FIELDS = ("image", "video", "frames", "frame_indices", "start_s", "end_s")
+
+
+def _labels_of(sample: Sample) -> str:
+    if sample.task == "expr":
+        return sample.expression
+    if sample.task == "au":
+        return "AUs " + (",".join(sample.aus) or "none")
+    if sample.task == "va":
+        return f"valence={sample.valence}, arousal={sample.arousal}"
+    return f"ah={sample.ah}"
+
+
+def check_samples(samples: list[Sample], options: BuildOptions, report: BuildReport) -> list[Sample]:
+    """What no single line shows: the same sample twice (an exact repeat is dropped and counted; conflicting
+    labels are a problem naming both lines, and with --skip-bad both are left out), and a video or image in two
+    splits of one protocol (leakage: refused unless `allow_split_overlap`, then counted and listed)."""
+    first: dict[str, Sample] = {}
+    dropped: set[str] = set()
+    kept = []
+    for sample in samples:
+        previous = first.get(sample.id)
+        if previous is None:
+            first[sample.id] = sample
+            kept.append(sample)
+            continue
+        same_media = all(getattr(previous, f) == getattr(sample, f) for f in _MEDIA_FIELDS)
+        same_labels = all(getattr(previous, f) == getattr(sample, f) for f in (*_LABEL_FIELDS, "ah_frames"))
+        if same_media and same_labels:
+            repeat = f"{where(sample)}: repeats {where(previous)}"
+            if repeat not in report.duplicates:
+                report.duplicates.append(repeat)
+            continue
+        if same_media:
+            here, there = _labels_of(sample), _labels_of(previous)
+            differ = " (per-frame labels differ)" if here == there else ""
+            reason = f"conflicting labels for {sample.id}: {here} here, {there} at {where(previous)}{differ}"
+        else:
+            reason = f"a different sample with the same id {sample.id} as {where(previous)}"
+        complain(options, report, AnnotationError(sample.source_file, sample.source_line, "", reason))
+        dropped.add(sample.id)
+    kept = [s for s in kept if s.id not in dropped]
+    _check_split_overlap(kept, options, report)
+    return kept
+
+
+def _check_split_overlap(samples: list[Sample], options: BuildOptions, report: BuildReport) -> None:
+    seen: dict[tuple, dict[str, Sample]] = {}
+    for sample in samples:
+        fold = re.match(r"(fold\d+)_", sample.split)  # DFEW/MAFW: the splits of one fold form a protocol
+        key = sample.subject if sample.dataset == "abaw" else (sample.video or sample.image)
+        if key:
+            protocol = (sample.dataset, sample.task, fold.group(1) if fold else "", key)
+            seen.setdefault(protocol, {}).setdefault(sample.split, sample)
+    found = []
+    for (_, task, _, key), by_split in seen.items():
+        if len(by_split) > 1:
+            places = " and ".join(f"{split} ({where(s)})" for split, s in sorted(by_split.items()))
+            found.append(f"{task}: {key} is in {places}")
+    if found and not options.allow_split_overlap:
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise ValueError(
+            f"split overlap, {found[0]}{more}: the same media in two splits leaks between training and evaluation; "
+            "pass --allow-split-overlap to build anyway"
+        )
+    report.overlaps += found
 
 
 def prompt(task: str, media_part: dict, labels: tuple[str, ...] = (), transcript: str = "") -> list[dict]:

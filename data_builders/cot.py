@@ -4,6 +4,10 @@ Observations name the AUs labelled active (FACS names, intensity words where int
 vocal or transcript cues the sample has. The interpretation relates them to the EMFACS prototypes, naming only
 active AUs. The conclusion is the answer in `mllm.output`'s format. A sample without AU labels gets an
 explanation from what is known and is marked `target_grounding="labels"`.
+
+The reasoning never argues against its answer: when the active AUs share nothing with the answer's prototype (an
+expression labelled Happiness whose face shows AU5 and AU23, say), the target says plainly that the units are not
+the usual ones for the answer, names no other emotion, and is marked `target_grounding="conflict"`.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import random
 
-from mllm.labels import ABAW_AUS, FACS_NAMES
+from mllm.labels import FACS_NAMES
 from mllm.output import format_completion
 
 # EMFACS prototypes (Friesen & Ekman), as sets of AU numbers.
@@ -47,6 +51,24 @@ INTERPRET_NONE = (
     "None of the active units belongs to a basic-emotion prototype, so they do not point to one emotion.",
     "The active units do not combine into a basic-emotion prototype.",
 )
+INTERPRET_CONFLICT = (
+    "The active units are not the usual ones for {label}.",
+    "These units are not part of how {label} usually shows on a face.",
+)
+INTERPRET_ABSENT = (
+    "None of the units usual for {label} is active.",
+    "The units that usually show {label} are not active.",
+)
+INTERPRET_NO_PROTOTYPE = (
+    "The label {label} has no fixed action-unit prototype, so the units alone do not decide it.",
+    "There is no single action-unit pattern for {label}; the units alone do not decide it.",
+)
+INTERPRET_VALENCE_CONFLICT = (
+    "The active units do not match the sign of the valence.",
+    "The active units are not the usual ones for this valence.",
+)
+# Sign of each prototype's valence; Surprise goes either way.
+PROTOTYPE_VALENCE = {"Happiness": 1, "Sadness": -1, "Fear": -1, "Anger": -1, "Disgust": -1, "Contempt": -1}
 CONCLUDE = ("So the answer is {answer}.", "Conclusion: {answer}.", "Therefore: {answer}.")
 
 
@@ -111,7 +133,7 @@ def build_target(
         sentences.append(rng.choice(NO_AUS))
         grounding = "au"
     else:
-        ordered = sorted(aus, key=lambda a: ABAW_AUS.index(a) if a in ABAW_AUS else 99 + int(a[2:]))
+        ordered = sorted(aus, key=lambda a: int(a[2:]))  # FACS numbering (ABAW_AUS is in that order too)
         sentences.append(rng.choice(OBSERVE).format(aus=_au_phrase(ordered, intensity)))
         grounding = "au"
     for modality, cue in sorted((cues or {}).items()):
@@ -119,16 +141,47 @@ def build_target(
             sentences.append(f"The {modality} shows: {cue.rstrip('.')}.")
     if transcript:
         sentences.append(f'The speaker says: "{transcript.strip()[:300]}".')
-    if aus:
-        target_label = answer if task == "expr" and answer in EMFACS else None
-        label, shared = (target_label, [a for a in aus if a in EMFACS[target_label]]) if target_label else (None, [])
-        if not shared:
-            label, shared = best_prototype(aus)
-        if shared:
-            sentences.append(rng.choice(INTERPRET_MATCH).format(aus=" and ".join(shared), label=label.lower()))
-        else:
-            sentences.append(rng.choice(INTERPRET_NONE))
+    if aus is not None:
+        sentence, conflict = _interpretation(task, answer, aus, rng)
+        if sentence:
+            sentences.append(sentence)
+        if conflict:
+            grounding = "conflict"
     from mllm.output import format_answer
 
     sentences.append(rng.choice(CONCLUDE).format(answer=format_answer(task, answer)))
     return format_completion(task, " ".join(sentences), answer), grounding
+
+
+def _label_words(label: str) -> str:
+    return "a neutral face" if label == "Neutral" else label.lower()
+
+
+def _interpretation(task: str, answer, aus: list[str], rng: random.Random) -> tuple[str, bool]:
+    """(the sentence relating the active AUs to prototypes, whether they conflict with the answer)."""
+    if task == "expr":
+        if answer in EMFACS:
+            shared = [a for a in aus if a in EMFACS[answer]]
+            if shared:
+                return rng.choice(INTERPRET_MATCH).format(aus=" and ".join(shared), label=answer.lower()), False
+            template = INTERPRET_CONFLICT if aus else INTERPRET_ABSENT
+            return rng.choice(template).format(label=answer.lower()), True
+        if not aus:
+            return "", False
+        if answer == "Neutral":
+            # Units of an emotion's prototype argue against a neutral face; other units (lips part, say) do not.
+            if best_prototype(aus)[0] is None:
+                return rng.choice(INTERPRET_NONE), False
+            return rng.choice(INTERPRET_CONFLICT).format(label=_label_words(answer)), True
+        return rng.choice(INTERPRET_NO_PROTOTYPE).format(label=str(answer).lower()), False
+    if not aus:
+        return "", False
+    label, shared = best_prototype(aus)
+    if task == "va" and label is not None:
+        valence = float(answer[0])
+        sign = PROTOTYPE_VALENCE.get(label, 0)
+        if sign * valence < -0.2:  # a prototype of the opposite valence would argue against the answer
+            return rng.choice(INTERPRET_VALENCE_CONFLICT), True
+    if shared:
+        return rng.choice(INTERPRET_MATCH).format(aus=" and ".join(shared), label=label.lower()), False
+    return rng.choice(INTERPRET_NONE), False

@@ -11,9 +11,18 @@ AffectNet: ROOT/Manually_Annotated_file_lists/{training,validation}.csv with a h
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
-from data_builders.common import BuildOptions, BuildReport, expression_sample, guarded, read_lines
+from data_builders.common import (
+    BuildOptions,
+    BuildReport,
+    expression_sample,
+    guarded,
+    read_lines,
+    relative_media,
+    require_data,
+)
 from data_builders.schema import AnnotationError, Sample
 from mllm.labels import LABEL_SPACES
 
@@ -29,6 +38,17 @@ AFFECTNET_CODES = {
     7: "Contempt",
 }
 AFFECTNET_EXCLUDED = {8: "None", 9: "Uncertain", 10: "Non-Face"}
+AFFECTNET_HEADER = [
+    "subdirectory_filepath",
+    "face_x",
+    "face_y",
+    "face_width",
+    "face_height",
+    "facial_landmarks",
+    "expression",
+    "valence",
+    "arousal",
+]
 
 
 def build_rafdb(options: BuildOptions, report: BuildReport, progress=None) -> list[Sample]:
@@ -38,13 +58,15 @@ def build_rafdb(options: BuildOptions, report: BuildReport, progress=None) -> li
     labels = LABEL_SPACES["basic7"]
     samples = []
 
-    for line_no, text in read_lines(path):
+    numbered = read_lines(path, options, report)
+    require_data(path, numbered, options, report)
+    for line_no, text in numbered:
 
         def parse(line_no=line_no, text=text):
             fields = text.split()
-            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+            if len(fields) != 2 or not fields[1].lstrip("-").isascii() or not fields[1].lstrip("-").isdigit():
                 raise AnnotationError(path, line_no, text, "expected '<image name> <label>'")
-            name, code = fields[0], int(fields[1])
+            name, code = relative_media(path, line_no, text, fields[0]), int(fields[1])
             if code not in RAFDB_CODES:
                 raise AnnotationError(path, line_no, text, f"label {code} is outside RAF-DB's 1-7")
             if not name.startswith(("train_", "test_")):
@@ -76,26 +98,37 @@ def build_affectnet(options: BuildOptions, report: BuildReport, progress=None) -
     if not any((folder / f).exists() for f in files):
         raise FileNotFoundError(f"{folder}: AffectNet file lists (training.csv, validation.csv) not found")
     labels = LABEL_SPACES["affectnet8"] if options.classes == 8 else LABEL_SPACES["basic7"]
+    for entry in sorted(folder.iterdir()):
+        if entry.name not in files and not entry.name.startswith("."):
+            report.ignored.append(f"{entry} (not an AffectNet file list: {sorted(files)})")
     samples = []
     for filename, split in files.items():
         path = folder / filename
         if not path.exists() or not options.wants(split=split):
             continue
-        for i, (line_no, text) in enumerate(read_lines(path)):
-            if i == 0 and text.lower().startswith("subdirectory_filepath"):
-                continue
+        numbered = read_lines(path, options, report)
+        header = bool(numbered) and numbered[0][1].lower().startswith("subdirectory_filepath")
+        if header:
+            # Every column is checked: the expression is read from its position.
+            line_no, text = numbered.pop(0)
+            if [f.strip().lower() for f in text.split(",")] != AFFECTNET_HEADER:
+                raise AnnotationError(path, line_no, text, f"header does not match AffectNet's {AFFECTNET_HEADER}")
+        require_data(path, numbered, options, report, header=header)
+        for line_no, text in numbered:
 
             def parse(line_no=line_no, text=text, path=path):
-                fields = text.split(",")
-                if len(fields) < 9:
-                    raise AnnotationError(path, line_no, text, "expected 9 comma-separated fields")
+                fields = next(csv.reader([text]))
+                if len(fields) != len(AFFECTNET_HEADER):
+                    raise AnnotationError(
+                        path, line_no, text, f"expected {len(AFFECTNET_HEADER)} comma-separated fields"
+                    )
                 try:
                     code = int(fields[6])
                 except ValueError:
                     raise AnnotationError(path, line_no, text, "expression must be an integer") from None
                 if code not in AFFECTNET_CODES and code not in AFFECTNET_EXCLUDED:
                     raise AnnotationError(path, line_no, text, f"expression {code} is outside AffectNet's 0-10")
-                return fields[0], code
+                return relative_media(path, line_no, text, fields[0]), code
 
             row = guarded(options, report, parse)
             if row is None:
@@ -107,7 +140,7 @@ def build_affectnet(options: BuildOptions, report: BuildReport, progress=None) -
             image = options.root / "Manually_Annotated_Images" / relative
             if not image.exists():
                 report.missing(image)
-            name = relative.replace("/", "_").rsplit(".", 1)[0]
+            name = relative.rsplit(".", 1)[0]  # "1/img.jpg" -> "1/img"; flattening the "/" could merge two
             samples.append(
                 expression_sample(
                     "affectnet", split, name, "image", image, AFFECTNET_CODES[code], labels, options, path, line_no

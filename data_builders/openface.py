@@ -7,75 +7,86 @@ and the mean intensities, so their explanations become AU-grounded.
 
 from __future__ import annotations
 
-import csv
+import math
+import re
 from pathlib import Path
 
 import numpy as np
 
-from data_builders.common import BuildOptions, BuildReport
+from data_builders.common import BuildOptions, BuildReport, Undecodable, guarded, not_utf8, text_lines
 from data_builders.cot import build_target
 from data_builders.schema import AnnotationError, Sample
 
-
-def _au_name(column: str) -> str:
-    return "AU" + str(int(column.strip()[2:4]))  # " AU01_r" -> "AU1"
+_AU_COLUMN = re.compile(r"^AU(\d+)_(r|c)$")
 
 
 def read_openface(path: Path) -> dict:
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.reader(fh)
+    """frame numbers, tracking success, and per-AU intensity (`_r`) and presence (`_c`) columns of one CSV. Only
+    the columns used are read; each of their values must be a finite number (a bad one names its line)."""
+    rows = [(n, t) for n, t in text_lines(path) if isinstance(t, Undecodable) or t.strip()]
+    if not rows:
+        raise AnnotationError(path, None, "", "empty OpenFace CSV")
+    for line_no, text in rows:
+        if isinstance(text, Undecodable):
+            raise not_utf8(path, line_no, text)
+    header_line, header_text = rows[0]
+    header = [h.strip() for h in header_text.split(",")]
+    aus = {i: _AU_COLUMN.match(h) for i, h in enumerate(header)}
+    aus = {i: (f"AU{int(m.group(1))}", m.group(2)) for i, m in aus.items() if m}
+    if "frame" not in header or not any(kind == "r" for _, kind in aus.values()):
+        raise AnnotationError(path, header_line, ",".join(header[:8]), "not an OpenFace CSV (no 'frame' / AUxx_r)")
+    names = ["frame"] + [n for n in ("success", "timestamp") if n in header]
+    needed = [header.index(n) for n in names] + sorted(aus)
+    table = np.empty((len(rows) - 1, len(needed)), dtype=np.float64)
+    for row, (line_no, text) in enumerate(rows[1:]):
+        fields = text.split(",")
+        if len(fields) != len(header):
+            raise AnnotationError(path, line_no, text, f"expected {len(header)} comma-separated fields")
         try:
-            header = [h.strip() for h in next(reader)]
-        except StopIteration:
-            raise AnnotationError(path, 1, "", "empty OpenFace CSV") from None
-        rows = list(reader)
-    if "frame" not in header or not any(h.endswith("_r") for h in header):
-        raise AnnotationError(path, 1, ",".join(header[:8]), "not an OpenFace CSV (no 'frame' / AUxx_r columns)")
-    try:
-        table = np.array([[float(v) for v in row] for row in rows], dtype=np.float64).reshape(len(rows), len(header))
-    except ValueError:
-        bad = next(i for i, row in enumerate(rows) if not _numeric(row) or len(row) != len(header))
-        raise AnnotationError(path, bad + 2, ",".join(rows[bad])[:200], "non-numeric or short OpenFace row") from None
-    column = {h: i for i, h in enumerate(header)}
-    success = table[:, column["success"]] > 0 if "success" in column else np.ones(len(rows), bool)
+            values = [float(fields[i]) for i in needed]
+        except ValueError:
+            raise AnnotationError(path, line_no, text, "non-numeric OpenFace value") from None
+        if not all(math.isfinite(v) for v in values) or not values[0].is_integer():
+            raise AnnotationError(path, line_no, text, "OpenFace values must be finite (and frames whole numbers)")
+        table[row] = values
+    column = {name: table[:, k] for k, name in enumerate(names)}
+    au_columns = {aus[i]: table[:, k] for k, i in enumerate(sorted(aus), start=len(names))}
     return {
-        "frame": table[:, column["frame"]].astype(int),
-        "success": success,
-        "intensity": {_au_name(h): table[:, i] for h, i in column.items() if h.startswith("AU") and h.endswith("_r")},
-        "presence": {_au_name(h): table[:, i] for h, i in column.items() if h.startswith("AU") and h.endswith("_c")},
+        "frame": column["frame"].astype(int),
+        "success": column["success"] > 0 if "success" in column else np.ones(len(table), bool),
+        "timestamp": column.get("timestamp"),
+        "intensity": {au: v for (au, kind), v in au_columns.items() if kind == "r"},
+        "presence": {au: v for (au, kind), v in au_columns.items() if kind == "c"},
     }
 
 
-def _numeric(row) -> bool:
-    try:
-        [float(v) for v in row]
-        return True
-    except ValueError:
-        return False
-
-
 def join(samples: list[Sample], folder: Path, options: BuildOptions, report: BuildReport) -> int:
-    """Attach OpenFace AUs to samples with a video; returns how many samples were joined."""
+    """Attach OpenFace AUs to samples with a video (restricted to the sample's frames or time window); returns how
+    many samples were joined. A malformed CSV stops the build, or with --skip-bad is counted and not joined."""
     cache: dict[str, dict | None] = {}
     joined = 0
     for sample in samples:
         if not sample.video:
             continue
         stem = Path(sample.video).stem
-        for name in (sample.subject, stem):
+        # ABAW's subject is its video's name (`_left` / `_right` included); elsewhere it is a person.
+        names = (sample.subject, stem) if sample.dataset == "abaw" else (stem,)
+        for name in names:
             if name and name not in cache:
                 path = Path(folder) / f"{name}.csv"
-                cache[name] = read_openface(path) if path.exists() else None
-        data = cache.get(sample.subject) or cache.get(stem)
+                cache[name] = guarded(options, report, read_openface, path) if path.is_file() else None
+        data = next((cache[n] for n in names if n and cache.get(n) is not None), None)
         if data is None:
             continue
         rows = data["success"].copy()
         if sample.frame_indices:
             rows &= np.isin(data["frame"], sample.frame_indices)
+        elif sample.start_s >= 0 and data["timestamp"] is not None:
+            rows &= (data["timestamp"] >= sample.start_s) & (data["timestamp"] <= sample.end_s)
         if not rows.any():
             continue
         sample.au_intensity = {au: round(float(v[rows].mean()), 3) for au, v in data["intensity"].items()}
-        if not sample.aus and sample.task != "au":
+        if sample.task != "au" and not any(sample.au_valid):  # AU labels, where a sample has them, come first
             sample.aus = sorted(
                 (au for au, v in data["presence"].items() if v[rows].mean() >= 0.5), key=lambda a: int(a[2:])
             )
@@ -89,7 +100,7 @@ def join(samples: list[Sample], folder: Path, options: BuildOptions, report: Bui
                 sample.aus,
                 sample.au_intensity,
                 sample.cues,
-                sample.transcript,
+                sample.transcript if options.transcript_in_prompt else "",
                 seed=options.seed,
             )
         joined += 1

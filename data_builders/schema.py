@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
+import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -17,12 +16,13 @@ TASKS = ("expr", "au", "va", "ah")
 
 
 class AnnotationError(ValueError):
-    """A malformed annotation: names the file, the 1-based line number and the line's text."""
+    """A malformed annotation: names the file, the 1-based line number (where one exists) and the line's text."""
 
     def __init__(self, path, line_no: int | None, text: str, reason: str):
         self.path, self.line_no, self.text, self.reason = str(path), line_no, text, reason
         where = f"{path}:{line_no}" if line_no is not None else str(path)
-        super().__init__(f"{where}: {reason}: {text.strip()[:200]!r}")
+        shown = f": {text.strip()[:200]!r}" if text.strip() else ""
+        super().__init__(f"{where}: {reason}{shown}")
 
 
 @dataclass
@@ -58,9 +58,12 @@ class Sample:
     # Instruction.
     prompt: list[dict] = field(default_factory=list)
     target: str = ""
-    target_grounding: str = ""  # "au" when the explanation names labelled AUs, else "labels" (what is known)
+    # "au": the explanation rests on labelled AUs that support the answer; "labels": no AU labels, explained from
+    # what is known; "conflict": the active AUs are not the usual ones for the answer (and the target says so).
+    target_grounding: str = ""
     source_file: str = ""
     source_line: int = -1
+    meta: dict[str, object] = field(default_factory=dict)  # per-sample metadata (BAH participants.csv columns)
 
     def to_row(self) -> dict:
         # Shallow on purpose: dataclasses.asdict deep-copies every list, which dominated writing time.
@@ -68,6 +71,7 @@ class Sample:
         row["prompt"] = json.dumps(self.prompt)  # chat messages with mixed part types: one JSON string
         row["au_intensity"] = json.dumps(self.au_intensity, sort_keys=True)
         row["cues"] = json.dumps(self.cues, sort_keys=True)
+        row["meta"] = json.dumps(self.meta, sort_keys=True)
         return row
 
 
@@ -108,18 +112,23 @@ def features():
             "target_grounding": Value("string"),
             "source_file": Value("string"),
             "source_line": Value("int64"),
+            "meta": Value("string"),
         }
     )
 
 
-def write_dataset(samples: list[Sample], out: str | Path):
-    """Write a DatasetDict (one split per `Sample.split`) to `out`, atomically: it is built in a temporary folder
-    beside `out` and renamed into place, so an interrupted build leaves the previous dataset (or nothing).
-    Rows are sorted by id, so the same input and seed give the same bytes."""
+def write_dataset(samples: list[Sample], out: str | Path, files: dict[str, str] | None = None, protect=()):
+    """Write a DatasetDict (one split per `Sample.split`) to `out`, atomically (`mllm.outputs.atomic_dir`): it is
+    built under a temporary name beside `out` and renamed into place, so an interrupted build leaves the previous
+    dataset (or nothing). `out` must be new, empty or a dataset this tool wrote (`claim_output_dir`'s rules, with
+    `protect` the inputs); the written folder carries the output marker and `files` (name -> text), and leftovers
+    of killed builds beside it are removed. Rows are sorted by id, so the same input and seed give the same bytes."""
     from datasets import Dataset, DatasetDict, DatasetInfo
 
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    from mllm.outputs import MARKER, atomic_dir, claim_output_dir
+
+    out = claim_output_dir(out, protect=protect)
+    clean_litter_beside(out)
     splits: dict[str, list[dict]] = {}
     for sample in sorted(samples, key=lambda s: (s.split, s.id)):
         splits.setdefault(sample.split, []).append(sample.to_row())
@@ -133,16 +142,23 @@ def write_dataset(samples: list[Sample], out: str | Path):
             for name, rows in splits.items()
         }
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.building-", dir=out.parent))
-    try:
-        dataset.save_to_disk(str(tmp / "data"))
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{os.getpid()}")
-            os.replace(out, old)
-        os.replace(tmp / "data", out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(out) as tmp:
+        os.chmod(tmp, stat.S_IMODE(out.stat().st_mode))  # the claimed folder's mode (umask), not mkdtemp's 0700
+        dataset.save_to_disk(str(tmp))
+        for name, text in {MARKER: (out / MARKER).read_text(encoding="utf-8"), **(files or {})}.items():
+            (tmp / name).write_text(text, encoding="utf-8")
     return dataset
+
+
+def clean_litter_beside(out: Path) -> None:
+    """The dataset folder is replaced as a whole, so its temporaries live beside it: remove those of killed runs
+    (`mllm.outputs.clean_litter`), and the `.NAME.building-*` temporaries of the builds before it (always partial
+    output, never the only copy of a dataset)."""
+    import shutil
+
+    from mllm.outputs import clean_litter
+
+    clean_litter(out.parent)
+    for entry in out.parent.iterdir():
+        if entry.name.startswith(f".{out.name}.building-") and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)

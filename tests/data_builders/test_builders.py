@@ -152,7 +152,7 @@ def test_bah_transcripts_with_commas_yaml_tuples_segments_and_frames(tmp_path):
 def test_bah_bad_yaml_tuple_and_bad_split_line(tmp_path):
     root = layouts.bah_tree(tmp_path)
     (root / "annotations" / "v1.yaml").write_text("global_label: 1\nsegments: '[(0.5, ]'\n")
-    with pytest.raises(AnnotationError, match="v1.yaml: 'segments' is not a list"):
+    with pytest.raises(AnnotationError, match=r"v1\.yaml:2: 'segments' is not a list"):  # the key's line
         build("bah", root)
     (root / "annotations" / "v1.yaml").write_text("global_label: 1\n")
     (root / "split" / "val.txt").write_text("P01/v3.mp4,maybe,hmm\n")
