@@ -257,16 +257,20 @@ def build_audio(out: Path, size: str = "tiny", seed: int = 0):
 
 def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", base: str = "internvl") -> Path:
     """Build the tiny checkpoints under `out` (claimed first: new, empty or ours). Returns `out/emoreason`."""
-    from mllm.model import EmoReasonForConditionalGeneration, get_adapter
     from mllm.outputs import atomic_dir, atomic_path, claim_output_dir
-    from mllm.processor import EmoReasonProcessor
 
     if base not in TINY_BASES:
+        from mllm.model import get_adapter
+
         get_adapter(base)  # a refused or unknown family: its reason
         raise ValueError(f"no tiny checkpoint for base {base!r}; available: {sorted(TINY_BASES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; valid: {sorted(SIZES)}")
-    out = claim_output_dir(out)
+    out = claim_output_dir(out)  # before the slow imports: a refused folder fails at once
+
+    from mllm.model import EmoReasonForConditionalGeneration
+    from mllm.processor import EmoReasonProcessor
+
     with atomic_dir(out / "base") as tmp:
         TINY_BASES[base](tmp, size=size, seed=seed)
     with atomic_dir(out / "audio") as tmp:
