@@ -3,11 +3,17 @@
 The subject is the largest face in the first frame that has one. Between detections the previous box seeds the
 landmark predictor and the new box comes from the predicted landmarks; a cheap appearance check (normalised
 cross-correlation of a small grey thumbnail against the last detection) and a box-overlap check decide whether
-tracking still holds. Detection runs every `redetect_every` frames, whenever a check fails, and on every frame
-while the subject is lost. A new detection is accepted as the subject only if it overlaps the subject's box, so
-the track never jumps to another person. After a loss the subject is re-acquired near where it was last seen
-(within `reacquire_radius` face widths, at a similar size); after `reset_after_s` seconds lost, the largest face
-counts as the subject again. Short gaps are interpolated; long gaps stay marked as lost.
+tracking still holds. Detection runs every `redetect_every` frames (around the subject only) and whenever a check
+fails. A new detection is accepted as the subject only if it overlaps the subject's box, so the track never jumps
+to another person. After a loss the subject is re-acquired near where it was last seen (within `reacquire_radius`
+face widths, at a similar size); after `reset_after_s` seconds lost, the largest face counts as the subject again.
+
+While the subject is lost the whole frame is searched at most every `lost_search_every` frames; the frames skipped
+in between are held (a few at most) and, once the subject is found again, tracked backwards from there, so the
+skipping saves detector runs without losing frames. A subject lost for `fallback_after_s` also gets the cascade's
+costlier retries (the frame turned by +-25 degrees; after `cnn_after_s`, dlib's CNN, at most once every
+`cnn_every_s`). A tilted head is tracked upright: past 10 degrees of roll the predictor sees a patch turned level.
+Short gaps are interpolated; long gaps stay marked as lost.
 """
 
 from __future__ import annotations
@@ -16,9 +22,9 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from PIL import Image
 
-from mllm.face.landmarks import DetectorSettings, Face, FaceDetector, box_iou, enclosing_box
+from mllm.face import geometry
+from mllm.face.landmarks import Detection, DetectorSettings, Face, FaceDetector, box_iou, enclosing_box
 from mllm.face.regions import NUM_LANDMARKS
 
 _THUMB = 24
@@ -33,6 +39,16 @@ class TrackerSettings:
     max_gap_s: float = 0.5
     reacquire_radius: float = 1.5
     reset_after_s: float = 3.0
+    # While lost: search the whole frame at most every this many frames (frames further apart than
+    # `lost_search_s` are always searched, so sparsely sampled clips lose nothing).
+    lost_search_every: int = 5
+    lost_search_s: float = 0.2
+    # With detector="auto": the rotated retries once the subject has been lost this long (then at most once a
+    # second), dlib's CNN after `cnn_after_s` and at most once every `cnn_every_s` (one CNN pass costs about as
+    # much as tracking 500 frames).
+    fallback_after_s: float = 1.0
+    cnn_after_s: float = 3.0
+    cnn_every_s: float = 10.0
 
     def __post_init__(self):
         if self.redetect_every < 1:
@@ -45,6 +61,10 @@ class TrackerSettings:
             raise ValueError(f"max_gap_s must be >= 0, got {self.max_gap_s}")
         if self.reacquire_radius <= 0 or self.reset_after_s <= 0:
             raise ValueError("reacquire_radius and reset_after_s must be > 0")
+        if not 1 <= self.lost_search_every <= 30:
+            raise ValueError(f"lost_search_every must be in 1..30, got {self.lost_search_every}")
+        if min(self.lost_search_s, self.fallback_after_s, self.cnn_after_s, self.cnn_every_s) < 0:
+            raise ValueError("lost_search_s, fallback_after_s, cnn_after_s and cnn_every_s must be >= 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -119,10 +139,12 @@ def _thumbnail(rgb: np.ndarray, box: np.ndarray) -> np.ndarray | None:
     x0, y0, x1, y1 = max(0, x0), max(0, y0), min(w, x1), min(h, y1)
     if x1 - x0 < 4 or y1 - y0 < 4:
         return None
-    # The green channel, subsampled to about twice the thumbnail first: a brightness proxy at a tenth of the cost.
-    step = max(1, min(y1 - y0, x1 - x0) // (2 * _THUMB))
-    crop = Image.fromarray(np.ascontiguousarray(rgb[y0:y1:step, x0:x1:step, 1]))
-    thumb = np.asarray(crop.resize((_THUMB, _THUMB), Image.BILINEAR), dtype=np.float32).reshape(-1)
+    # The green channel (a brightness proxy) sampled on a 2x grid and averaged 2x2: a few microseconds, and the
+    # averaging takes the edge off sensor noise.
+    ys = np.linspace(y0, y1 - 1, 2 * _THUMB).round().astype(np.intp)
+    xs = np.linspace(x0, x1 - 1, 2 * _THUMB).round().astype(np.intp)
+    grid = rgb[ys[:, None], xs[None, :], 1].astype(np.float32)
+    thumb = grid.reshape(_THUMB, 2, _THUMB, 2).mean(axis=(1, 3)).reshape(-1)
     thumb -= thumb.mean()
     norm = np.linalg.norm(thumb)
     return thumb / norm if norm > 1e-6 else None
@@ -132,17 +154,27 @@ def _similarity(a: np.ndarray | None, b: np.ndarray | None) -> float:
     return float(a @ b) if a is not None and b is not None else -1.0
 
 
-def _landmark_box(points: np.ndarray, offsets: np.ndarray) -> np.ndarray:
-    """Box from landmarks, using the detector-box-to-landmark offsets measured at the last detection."""
-    lo, hi = points.min(axis=0), points.max(axis=0)
-    size = np.concatenate([hi - lo, hi - lo])
-    return np.concatenate([lo, hi]) + offsets * size
+def _landmark_box(points: np.ndarray, offsets: np.ndarray, roll: float = 0.0) -> np.ndarray:
+    """Box from landmarks, using the detector-box-to-landmark offsets measured at the last detection. With a roll
+    the offsets apply to the face seen upright; the box returned is that upright box, centred on the face."""
+    extent, centre = geometry.upright_box(points, roll)
+    size = np.concatenate([extent[2:] - extent[:2]] * 2)
+    box = extent + offsets * size
+    if not roll:
+        return box
+    middle = geometry.apply(geometry.rotation(roll, centre), [(box[:2] + box[2:]) / 2])[0]
+    half = (box[2:] - box[:2]) / 2
+    return np.concatenate([middle - half, middle + half])
 
 
-def _offsets(box: np.ndarray, points: np.ndarray) -> np.ndarray:
-    lo, hi = points.min(axis=0), points.max(axis=0)
-    size = np.maximum(np.concatenate([hi - lo, hi - lo]), 1.0)
-    return (box - np.concatenate([lo, hi])) / size
+def _offsets(box: np.ndarray, points: np.ndarray, roll: float = 0.0) -> np.ndarray:
+    extent, centre = geometry.upright_box(points, roll)
+    if roll:
+        middle = geometry.apply(geometry.rotation(-roll, centre), [(box[:2] + box[2:]) / 2])[0]
+        half = (box[2:] - box[:2]) / 2
+        box = np.concatenate([middle - half, middle + half])
+    size = np.maximum(np.concatenate([extent[2:] - extent[:2]] * 2), 1.0)
+    return (box - extent) / size
 
 
 class SubjectTracker:
@@ -153,13 +185,33 @@ class SubjectTracker:
         self.detector = detector or FaceDetector(self.settings.detector)
         self._rows: list[tuple[float, np.ndarray | None, np.ndarray | None]] = []
         self._frame_size: tuple[int, int] | None = None
-        self._box: np.ndarray | None = None  # current subject box, None while lost
+        self._box: np.ndarray | None = None  # current subject box (seen upright), None while lost
+        self._roll = 0.0  # the subject's tilt, degrees (0 below 10)
         self._last_box: np.ndarray | None = None  # last known box, kept through losses
         self._reference: np.ndarray | None = None
         self._offsets = np.zeros(4)
         self._since_detect = 0
         self._t = 0.0
-        self._last_seen_s = 0.0
+        self._last_seen_s: float | None = None  # None until the first frame
+        self._skipped: list[tuple[int, np.ndarray]] = []  # (row, frame) not searched while lost, newest last
+        self._last_search_s = -np.inf
+        self._last_fallback_s = -np.inf
+        self._last_cnn_s = -np.inf
+
+    def _stages(self) -> tuple[str, ...]:
+        """The search for a lost subject: the first stage, plus the costlier retries once lost for a while."""
+        detector = self.detector.settings
+        if detector.detector != "auto":
+            return (detector.first_stage,)
+        lost_for = self._t - self._last_seen_s
+        stages = ("hog",)
+        if lost_for >= self.settings.fallback_after_s and self._t - self._last_fallback_s >= 1.0 - 1e-9:
+            self._last_fallback_s = self._t
+            stages += ("rotated",)
+            if lost_for >= self.settings.cnn_after_s and self._t - self._last_cnn_s >= self.settings.cnn_every_s:
+                self._last_cnn_s = self._t
+                stages += ("cnn",)
+        return stages
 
     def _accept_detection(self, rgb: np.ndarray) -> bool:
         """Detect and take the face that continues the subject; False when there is none.
@@ -167,68 +219,112 @@ class SubjectTracker:
         While the subject is held, only the region around its box is searched (cheap); a miss there, a loss,
         or the first frame search the whole frame."""
         self._since_detect = 0
-        boxes = []
+        self._last_search_s = self._t
+        hits: list[Detection] = []
         if self._box is not None:
-            boxes = [b for b, _ in self.detector.detect_boxes(rgb, near=self._box)]
-        if not boxes:
-            boxes = [b for b, _ in self.detector.detect_boxes(rgb)]
-        if not boxes:
+            hits = self.detector.search(rgb, near=self._box)
+        if not hits:
+            hits = self.detector.search(rgb, self._stages())
+        if not hits:
             return False
         if self._last_box is not None and self._t - self._last_seen_s > self.settings.reset_after_s:
             self._last_box = None  # lost for long: start over as at the first frame
         if self._last_box is None:
-            box = boxes[0]  # first sighting: the largest face is the subject
+            hit = hits[0]  # first sighting: the largest face is the subject
         else:
-            overlaps = [box_iou(b, self._last_box) for b in boxes]
+            overlaps = [box_iou(h.box, self._last_box) for h in hits]
             best = int(np.argmax(overlaps))
             # The face overlapping the subject's box; failing that (a loss, or frames sampled far apart), the
             # nearest face of similar size close to where the subject was; none: only other people are here.
-            box = boxes[best] if overlaps[best] >= self.settings.min_iou else self._reacquire(boxes)
-            if box is None:
+            hit = hits[best] if overlaps[best] >= self.settings.min_iou else self._reacquire(hits)
+            if hit is None:
                 return False
-        points = self.detector.landmarks(rgb, box)
-        self._offsets = _offsets(box, points)
+        face = self.detector.face_from(rgb, hit)
+        box = hit.box.copy()
+        if not hit.roll:
+            height, width = rgb.shape[:2]
+            np.clip(box, 0, [width, height, width, height], out=box)
+        self._roll = geometry.effective_roll(face.landmarks_68)
+        self._offsets = _offsets(box, face.landmarks_68, self._roll)
         self._reference = _thumbnail(rgb, box)
-        self._set(box, points)
+        self._set(box, face.landmarks_68)
         return True
 
-    def _reacquire(self, boxes: list[np.ndarray]) -> np.ndarray | None:
+    def _reacquire(self, hits: list[Detection]) -> Detection | None:
         """The detection nearest the last known box, if near enough and of a similar size."""
         last = self._last_box
         width = last[2] - last[0]
         centre = (last[:2] + last[2:]) / 2
         best, best_distance = None, self.settings.reacquire_radius * width
-        for box in boxes:
+        for hit in hits:
+            box = hit.box
             ratio = (box[2] - box[0]) / width
             distance = float(np.hypot(*((box[:2] + box[2:]) / 2 - centre)))
             if 0.5 <= ratio <= 2.0 and distance <= best_distance:
-                best, best_distance = box, distance
+                best, best_distance = hit, distance
         return best
 
     def _set(self, box, points):
         self._box = self._last_box = box
         self._last_seen_s = self._t
-        self._rows.append((self._t, enclosing_box(box, points), points))
+        self._rows.append((self._t, self._face_box(box, points), points))
+
+    def _face_box(self, box: np.ndarray, points: np.ndarray) -> np.ndarray:
+        """The box reported for a frame: the detector-style box (turned by the roll) grown to hold every point."""
+        corners = geometry.box_corners(box, self._roll)
+        return enclosing_box(np.concatenate([corners.min(axis=0), corners.max(axis=0)]), points)
+
+    def _follow(self, rgb: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The subject's (box, landmarks) in `rgb` seeded by `box`, or None when a check fails."""
+        points = self.detector.landmarks(rgb, box, self._roll)
+        new_box = _landmark_box(points, self._offsets, self._roll)
+        if (
+            box_iou(new_box, box) >= self.settings.min_iou
+            and _similarity(_thumbnail(rgb, new_box), self._reference) >= self.settings.min_similarity
+        ):
+            return new_box, points
+        return None
+
+    def _search_due(self) -> bool:
+        skipped = len(self._skipped) + 1 >= self.settings.lost_search_every
+        return skipped or self._t - self._last_search_s >= self.settings.lost_search_s - 1e-9
+
+    def _backfill(self) -> None:
+        """Track backwards from the re-found subject through the frames skipped while it was lost."""
+        box = self._box
+        for row, rgb in reversed(self._skipped):
+            followed = self._follow(rgb, box)
+            if followed is None:
+                break
+            box, points = followed
+            self._rows[row] = (self._rows[row][0], self._face_box(box, points), points)
+        self._skipped.clear()
 
     def update(self, rgb: np.ndarray, timestamp_s: float) -> None:
         self._t = float(timestamp_s)
         if self._frame_size is None:
             self._frame_size = rgb.shape[:2]
+            self._last_seen_s = self._t
         elif rgb.shape[:2] != self._frame_size:
             raise ValueError(f"frame size changed from {self._frame_size} to {rgb.shape[:2]} within one clip")
         self._since_detect += 1
         if self._box is not None and self._since_detect < self.settings.redetect_every:
-            points = self.detector.landmarks(rgb, self._box)
-            box = _landmark_box(points, self._offsets)
-            if (
-                box_iou(box, self._box) >= self.settings.min_iou
-                and _similarity(_thumbnail(rgb, box), self._reference) >= self.settings.min_similarity
-            ):
+            followed = self._follow(rgb, self._box)
+            if followed is not None:
+                box, points = followed
                 self._set(box, points)
+                self._roll = geometry.effective_roll(points)
                 return
+        if self._box is None and not self._search_due():
+            self._rows.append((self._t, None, None))
+            self._skipped.append((len(self._rows) - 1, rgb))
+            return
         if self._accept_detection(rgb):
+            if self._skipped:
+                self._backfill()
             return
         self._box = None
+        self._skipped.clear()
         self._rows.append((self._t, None, None))
 
     def finish(self) -> FaceTrack:
