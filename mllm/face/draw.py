@@ -50,24 +50,35 @@ def overlay_image(rgb: np.ndarray, faces) -> Image.Image:
     return canvas
 
 
-def contact_sheet(frames: np.ndarray, track, columns: int = 4, tile_width: int = 320) -> Image.Image:
-    """A grid of the sampled frames with the subject's box, landmarks and regions, each captioned with its
-    timestamp and status (found / interpolated / NO FACE)."""
+def contact_sheet(frames, track, columns: int = 4, tile_width: int = 320, positions=None) -> Image.Image:
+    """A grid of frames with the subject's box, landmarks and regions, each captioned with its timestamp and
+    status (found / interpolated / NO FACE).
+
+    `frames`: full-size frames or smaller copies (tiles) of them, drawn at `tile_width`; `positions`: the track
+    row of each frame (default: frame i is row i), so a long clip can be shown by a few of its frames."""
     n = len(frames)
+    positions = list(range(n)) if positions is None else list(positions)
     columns = max(1, min(columns, n))
     rows = (n + columns - 1) // columns
-    h, w = frames.shape[1:3]
+    h, w = track.frame_size if track.frame_size[1] > 0 else frames[0].shape[:2]
     tile_height = max(1, round(tile_width * h / w))
+    scale = tile_width / w
     caption = 16
     sheet = Image.new("RGB", (columns * tile_width, rows * (tile_height + caption)), (20, 20, 20))
-    for i in range(n):
-        tile = Image.fromarray(frames[i]).convert("RGB")
-        if track.found[i] or track.interpolated[i]:
-            draw_face(tile, track.boxes[i], track.landmarks_68[i], interpolated=bool(track.interpolated[i]))
-        tile = tile.resize((tile_width, tile_height), Image.BILINEAR)
+    for i, row in enumerate(positions):
+        tile = Image.fromarray(np.asarray(frames[i])).convert("RGB")
+        if tile.size != (tile_width, tile_height):
+            tile = tile.resize((tile_width, tile_height), Image.BILINEAR)
+        if track.found[row] or track.interpolated[row]:
+            draw_face(
+                tile,
+                track.boxes[row] * scale,
+                track.landmarks_68[row] * scale,
+                interpolated=bool(track.interpolated[row]),
+            )
         x, y = (i % columns) * tile_width, (i // columns) * (tile_height + caption)
         sheet.paste(tile, (x, y + caption))
-        status = "found" if track.found[i] else "interpolated" if track.interpolated[i] else "NO FACE"
-        colour = (220, 220, 220) if track.found[i] else (255, 200, 0) if track.interpolated[i] else (255, 80, 80)
-        ImageDraw.Draw(sheet).text((x + 4, y + 2), f"{track.timestamps_s[i]:.2f}s  {status}", fill=colour)
+        status = "found" if track.found[row] else "interpolated" if track.interpolated[row] else "NO FACE"
+        colour = (220, 220, 220) if track.found[row] else (255, 200, 0) if track.interpolated[row] else (255, 80, 80)
+        ImageDraw.Draw(sheet).text((x + 4, y + 2), f"{track.timestamps_s[row]:.2f}s  {status}", fill=colour)
     return sheet
