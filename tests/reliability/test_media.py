@@ -178,6 +178,22 @@ def test_durationless_webm_is_sampled_by_packet_times(tmp_path):
     assert len(load_video(path, num_frames=2, end_s=1.5, limits=MediaLimits(max_duration_s=2.0))) == 2
 
 
+@pytest.mark.parametrize("live", [False, True], ids=["declared duration", "no duration (browser webm)"])
+def test_the_duration_limit_bounds_the_window_not_the_file(tmp_path, tiny_processor, live):
+    from tests.reliability.test_memory import _repeat_keyframe
+
+    options = {"options": {"live": "1"}} if live else {}
+    path = _repeat_keyframe(tmp_path / "lecture.webm", "libvpx", (48, 64), 11 * 60, 1, **options)
+    expected = "video runs past the limit of 600.0s" if live else "duration 660.0s is over the limit of 600.0s"
+    with pytest.raises(MediaTooLargeError, match=f"lecture.webm: {expected}"):
+        load_video(path, num_frames=4)
+    clip = load_video(path, num_frames=4, start_s=300.0, end_s=305.0)
+    assert clip.window_s == (300.0, 305.0) and ((clip.timestamps_s >= 300) & (clip.timestamps_s < 305)).all()
+    part = {"type": "video", "video": str(path)}
+    batch = tiny_processor([[{"role": "user", "content": [part]}]], limits={"seconds": 5, "frames": 2})
+    assert batch["pixel_values"].shape[0] == 2
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Arrays: accepted with a documented conversion, or refused
 
