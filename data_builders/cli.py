@@ -111,6 +111,7 @@ class _Claim:
     on failure, a folder this run created (or marked) is taken back, so a failed build leaves what was there."""
 
     def __init__(self, out_arg: str, protect: list[Path]):
+        from data_builders.schema import clean_litter_beside
         from mllm.outputs import OutputRefusedError, claim_output_dir
 
         out = Path(os.path.abspath(os.path.expanduser(out_arg)))
@@ -122,6 +123,10 @@ class _Claim:
                     f"{out_arg}: --out is, is inside or contains the input {item} (links followed); "
                     "choose a separate folder"
                 )
+        # A build killed between the two renames that swap the dataset folder left the previous one aside: put it
+        # back (and drop killed builds' temporaries) before looking at what --out holds.
+        if out.parent.is_dir() and os.access(out.parent, os.W_OK | os.X_OK):
+            clean_litter_beside(out)
         # The dataset folder is replaced as a whole: its parent must take the new one.
         if out.exists() and not os.access(out.parent, os.W_OK | os.X_OK):
             raise OutputRefusedError(f"{out_arg}: --out's parent folder {out.parent} is not writable")
@@ -185,6 +190,7 @@ def _print_summary(console, args, samples, report, conflicts: int, out: Path) ->
         f"{report.skipped_clips}; malformed lines skipped: {len(report.bad_lines)}; missing media: "
         f"{len(report.missing_media)}",
         markup=False,
+        soft_wrap=True,
     )
     kept = "left out (--drop-conflicts)" if args.drop_conflicts else "kept, marked target_grounding=conflict"
     console.print(
@@ -192,6 +198,7 @@ def _print_summary(console, args, samples, report, conflicts: int, out: Path) ->
         f"answer: {conflicts} ({kept}); split overlaps allowed: {len(report.overlaps)}; ignored files: "
         f"{len(report.ignored)}; warnings: {len(report.warnings)}",
         markup=False,
+        soft_wrap=True,
     )
     for kind, items in (
         ("bad", report.bad_lines),
@@ -204,7 +211,8 @@ def _print_summary(console, args, samples, report, conflicts: int, out: Path) ->
         for item in items[:_SHOWN]:
             console.print(f"  {kind}: {item}", markup=False, soft_wrap=True)
         if len(items) > _SHOWN:
-            console.print(f"  ... {len(items) - _SHOWN} more {kind} entries in {out / REPORT_FILE}", markup=False)
+            more = f"  ... {len(items) - _SHOWN} more {kind} entries in {out / REPORT_FILE}"
+            console.print(more, markup=False, soft_wrap=True)
     console.print(f"report: {out / REPORT_FILE}", markup=False, soft_wrap=True)
 
 

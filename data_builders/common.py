@@ -139,8 +139,15 @@ def relative_media(path: Path, line_no: int, text: str, value: str) -> str:
     return value
 
 
-def where(sample: Sample) -> str:
-    return f"{sample.source_file}:{sample.source_line}" if sample.source_line > 0 else sample.source_file
+def where(sample: Sample, seen_from: Sample | None = None, root: Path | None = None) -> str:
+    """`file:line` of a sample; "line N" when `seen_from` is in the same file, the file relative to `root` when
+    under it (error lines stay short enough to show whole)."""
+    if seen_from is not None and seen_from.source_file == sample.source_file and sample.source_line > 0:
+        return f"line {sample.source_line}"
+    path = sample.source_file
+    if root is not None and path.startswith(f"{root}/"):
+        path = path[len(str(root)) + 1 :]
+    return f"{path}:{sample.source_line}" if sample.source_line > 0 else path
 
 
 _LABEL_FIELDS = ("expression", "expression_frames", "aus", "au_frames", "valence", "arousal", "va_frames", "ah")
@@ -180,9 +187,9 @@ def check_samples(samples: list[Sample], options: BuildOptions, report: BuildRep
         if same_media:
             here, there = _labels_of(sample), _labels_of(previous)
             differ = " (per-frame labels differ)" if here == there else ""
-            reason = f"conflicting labels for {sample.id}: {here} here, {there} at {where(previous)}{differ}"
+            reason = f"conflicting labels for {sample.id}: {here} here, {there} at {where(previous, sample)}{differ}"
         else:
-            reason = f"a different sample with the same id {sample.id} as {where(previous)}"
+            reason = f"a different sample with the same id {sample.id} as {where(previous, sample)}"
         complain(options, report, AnnotationError(sample.source_file, sample.source_line, "", reason))
         dropped.add(sample.id)
     kept = [s for s in kept if s.id not in dropped]
@@ -201,14 +208,13 @@ def _check_split_overlap(samples: list[Sample], options: BuildOptions, report: B
     found = []
     for (_, task, _, key), by_split in seen.items():
         if len(by_split) > 1:
-            places = " and ".join(f"{split} ({where(s)})" for split, s in sorted(by_split.items()))
-            found.append(f"{task}: {key} is in {places}")
+            (split, first), *others = sorted(by_split.items())
+            also = ", ".join(f"{s} ({where(x, first, options.root)})" for s, x in others)
+            shown = key[len(str(options.root)) + 1 :] if key.startswith(f"{options.root}/") else key
+            found.append(f"{where(first)}: {shown} ({task}, {split}) is also in {also}")
     if found and not options.allow_split_overlap:
-        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
-        raise ValueError(
-            f"split overlap, {found[0]}{more}: the same media in two splits leaks between training and evaluation; "
-            "pass --allow-split-overlap to build anyway"
-        )
+        more = f" ({len(found) - 1} more)" if len(found) > 1 else ""
+        raise ValueError(f"{found[0]}{more}: split overlap leaks into evaluation; --allow-split-overlap builds anyway")
     report.overlaps += found
 
 
