@@ -10,6 +10,13 @@ BUILDERS: dict[str, str] = {
     "mafw": "data_builders.videos:build_mafw",
 }
 
+# The tasks each dataset's builder makes (`--task` asks for a subset).
+TASKS: dict[str, tuple[str, ...]] = {"abaw": ("expr", "au", "va"), "bah": ("ah",)}
+
+
+def tasks_of(name: str) -> tuple[str, ...]:
+    return TASKS.get(name, ("expr",))
+
 
 def get_builder(name: str):
     """`build(options, report, progress=None) -> samples` for dataset `name`: the dataset's own parser followed by

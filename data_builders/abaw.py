@@ -65,11 +65,28 @@ _SIDE = re.compile(r"_(left|right)$")
 
 def _find(root: Path, name: str, depth: int = 3) -> Path | None:
     """`name` at ROOT, ROOT/*, ROOT/*/*, ... without descending into the (huge) crop folders."""
+    found = _find_all(root, (name,), depth)
+    return found[0] if found else None
+
+
+def _find_all(root: Path, names: tuple[str, ...], depth: int = 3) -> list[Path]:
+    """Every one of `names` up to `depth` levels down (crop folders aside), shallowest first."""
+    found = []
     for level in range(depth):
-        for path in sorted(root.glob("/".join(["*"] * level + [name]))):
-            if not any("cropped" in part.lower() for part in path.relative_to(root).parts[:-1]):
-                return path
-    return None
+        for name in names:
+            for path in sorted(root.glob("/".join(["*"] * level + [name]))):
+                if not any("cropped" in part.lower() for part in path.relative_to(root).parts[:-1]):
+                    found.append(path)
+    return found
+
+
+def _one(root: Path, names: tuple[str, ...], what: str) -> Path | None:
+    """The annotation folder or file of one kind; two (two ABAW editions under one root) would be mixed silently,
+    so they are refused."""
+    found = _find_all(root, names)
+    if len(found) > 1:
+        raise ValueError(f"{root}: two {what} found ({found[0]} and {found[1]}); point --root at one edition")
+    return found[0] if found else None
 
 
 def _parse_value(task: str, path: Path, line_no: int, text: str):
@@ -410,7 +427,7 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
     for task, names in TASK_FOLDERS.items():
         if not options.wants(task):
             continue
-        folder = next((f for f in (_find(options.root, n) for n in names) if f is not None), None)
+        folder = _one(options.root, names, f"{task.upper()} annotation folders")
         if folder is None:
             continue
         _stray(folder, set(SPLIT_FOLDERS), report, f"a split folder: {sorted(SPLIT_FOLDERS)}")
@@ -420,7 +437,7 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
                 _stray(folder / split_folder, {f.name for f in files}, report, "a <video>.txt annotation")
                 jobs += [(task, split, path) for path in files if path.is_file()]
     for name, split in MTL_FILES.items():
-        path = _find(options.root, name)
+        path = _one(options.root, (name,), "multi-task lists")
         if path is not None and options.wants(split=split):
             jobs.append(("mtl", split, path))
     if not jobs:

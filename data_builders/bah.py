@@ -372,6 +372,8 @@ def _frame_labels(options: BuildOptions, report: BuildReport, meta_of, annotatio
             if not indices:
                 continue
             participant, meta = meta_of(video, f"{path}:{frames[indices[0]][1]}")
+            if not (options.root / "videos" / video).exists():
+                report.missing(options.root / "videos" / video)
             value = int(any(frames[i][0] for i in indices))
             sample = Sample(
                 id=f"bah/{split}/{Path(video).stem}/frames",

@@ -56,7 +56,7 @@ def build(args):
     from rich.console import Console
     from tqdm import tqdm
 
-    from data_builders import get_builder
+    from data_builders import get_builder, tasks_of
     from data_builders.common import BuildOptions, BuildReport
     from data_builders.schema import write_dataset
 
@@ -73,6 +73,9 @@ def build(args):
         transcript_in_prompt=not args.no_transcript,
         allow_split_overlap=args.allow_split_overlap,
     )
+    offered = tasks_of(args.dataset)
+    if any(task not in offered for task in options.tasks):
+        raise ValueError(f"--task {'/'.join(options.tasks)}: {args.dataset} has only {', '.join(offered)}")
     if not options.root.is_dir():
         raise FileNotFoundError(f"{options.root}: dataset root not found (or not a folder)")
     openface = Path(args.openface) if args.openface is not None else None
@@ -95,6 +98,10 @@ def build(args):
             joined = join(samples, openface, options, report)
             if not joined:
                 report.warnings.append(f"{openface}: no OpenFace CSV matched a sample (looked for <video stem>.csv)")
+        built = {s.split for s in samples}
+        for split in options.splits:
+            if built and split not in built:
+                raise ValueError(f"--split {split}: no samples in that split (built: {', '.join(sorted(built))})")
         conflicts = sum(s.target_grounding == "conflict" for s in samples)
         if args.drop_conflicts:
             samples = [s for s in samples if s.target_grounding != "conflict"]

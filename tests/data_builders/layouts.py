@@ -53,13 +53,17 @@ def abaw_tree(root: Path, expr_folder: str = "EXPR_Recognition_Challenge", neste
     return root
 
 
-def abaw_mtl(root: Path):
+def abaw_mtl(root: Path, videos: dict[str, tuple[int, tuple[str, ...]]] | None = None):
+    """The multi-task list: per video, 10 frames with one expression code and the AUs active in every frame
+    (default vidM: Sadness with AU1, AU4 and AU15, its prototype)."""
+    videos = videos or {"vidM": (5, ("AU1", "AU4", "AU15"))}
     lines = ["image,valence,arousal,expression," + ",".join(ABAW_AUS)]
-    for i in range(1, 11):
-        aus = ["1" if au in ("AU1", "AU4", "AU15") else "0" for au in ABAW_AUS]
-        lines.append(f"vidM/{i:05d}.jpg,-0.4,0.1,5," + ",".join(aus))
+    for video, (code, active) in videos.items():
+        for i in range(1, 11):
+            aus = ["1" if au in active else "0" for au in ABAW_AUS]
+            lines.append(f"{video}/{i:05d}.jpg,-0.4,0.1,{code}," + ",".join(aus))
+        _crops(root, video, 10)
     _write(root / "MTL" / "training_set_annotations.txt", "\n".join(lines) + "\n")
-    _crops(root, "vidM", 10)
     return root
 
 

@@ -1,5 +1,6 @@
 import json
 import re
+from collections import Counter
 
 import pytest
 from datasets import load_from_disk
@@ -274,3 +275,160 @@ def test_abaw_file_without_header_and_provenance_lines(tmp_path):
     clips = sorted((s for s in samples if s.subject == "vidA"), key=lambda s: s.frame_indices[0])
     assert [c.expression for c in clips] == ["Happiness", "Sadness", "Anger"]
     assert [c.source_line for c in clips] == [1, 17, 25]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Explanations never argue against their answer
+
+
+# Every expression label and common words for it: a target's reasoning may name its own answer's, never another's.
+# ("Other" is an ordinary English word, so ABAW's Other label has none.)
+EMOTION_WORDS = {
+    "Neutral": ("neutral", "expressionless"),
+    "Anger": ("anger", "angry", "rage", "furious", "fury", "annoyed"),
+    "Disgust": ("disgust", "disgusted", "revulsion", "repulsed"),
+    "Fear": ("fear", "fearful", "afraid", "scared", "terror", "frightened"),
+    "Happiness": ("happiness", "happy", "joy", "joyful", "glad", "delight", "pleasure"),
+    "Sadness": ("sadness", "sad", "sorrow", "grief", "unhappy"),
+    "Surprise": ("surprise", "surprised", "astonishment", "amazement", "startled"),
+    "Contempt": ("contempt", "contemptuous", "scorn", "disdain"),
+    "Anxiety": ("anxiety", "anxious", "worry", "worried", "nervous"),
+    "Helplessness": ("helplessness", "helpless"),
+    "Disappointment": ("disappointment", "disappointed"),
+    "Other": (),
+}
+
+
+def other_emotions_named(think: str, answer: str) -> list[str]:
+    own = set(EMOTION_WORDS[answer])
+    return [
+        word
+        for label, words in EMOTION_WORDS.items()
+        if label != answer
+        for word in words
+        if word not in own and re.search(rf"\b{word}\b", think, re.IGNORECASE)
+    ]
+
+
+def assert_reasoning_supports_answer(samples):
+    checked = 0
+    for s in samples:
+        if s.task != "expr":
+            continue
+        think = re.search(r"<think>(.*)</think>", s.target, re.DOTALL).group(1)
+        assert not other_emotions_named(think, s.expression), (s.id, s.target)
+        assert s.target_grounding in ("au", "labels", "conflict"), s.id
+        if s.target_grounding == "conflict":
+            assert " not " in think, (s.id, think)  # says plainly that the units are not the usual ones
+        checked += 1
+    return checked
+
+
+def test_cot_never_names_another_emotion_for_any_label_and_au_combination():
+    from itertools import combinations
+
+    from data_builders.cot import EMFACS, build_target
+    from mllm.labels import FACS_NAMES, LABEL_SPACES
+
+    labels = sorted({label for space in LABEL_SPACES.values() for label in space})
+    combos = [list(c) for n in range(3) for c in combinations(sorted(FACS_NAMES), n)]
+    combos += [list(p) for p in EMFACS.values()]
+    conflicts = 0
+    for label in labels:
+        for aus in [None, *combos]:
+            target, grounding = build_target(f"x/{label}/{aus}", "expr", label, aus, seed=len(str(aus)))
+            think = target.split("</think>")[0]
+            assert not other_emotions_named(think, label), (label, aus, target)
+            if label in EMFACS and aus is not None:
+                supports = any(a in EMFACS[label] for a in aus)
+                assert (grounding == "conflict") == (not supports), (label, aus, target)
+                if supports:
+                    assert label.lower() in think, target
+            conflicts += grounding == "conflict"
+    assert conflicts  # the cases above do meet disagreements
+
+
+def test_no_builder_explains_an_expression_with_another_emotion(tmp_path):
+    """Every builder, with AU sources that agree and disagree with the expression labels: the multi-task list's
+    own AU labels, and OpenFace CSVs joined to DFEW and MAFW videos."""
+    from data_builders.openface import join
+
+    mtl = {"vidM": (5, ("AU1", "AU4", "AU15")), "vidN": (4, ("AU1", "AU4", "AU15")), "vidO": (0, ("AU6", "AU12"))}
+    mtl |= {"vidP": (0, ("AU25",)), "vidQ": (7, ("AU6", "AU12")), "vidR": (1, ())}
+    roots = {
+        "abaw": layouts.abaw_mtl(layouts.abaw_tree(tmp_path / "abaw"), mtl),
+        "rafdb": layouts.rafdb_tree(tmp_path / "rafdb"),
+        "affectnet": layouts.affectnet_tree(tmp_path / "affectnet"),
+        "dfew": layouts.dfew_tree(tmp_path / "dfew"),
+        "mafw": layouts.mafw_tree(tmp_path / "mafw"),
+    }
+    openface = tmp_path / "openface"
+    # DFEW 00001 Happiness, 00002 Anger, 00003 Fear; MAFW 00019 Anxiety, 00020 Fear, 00021 Helplessness.
+    for name, active in {
+        "00001": ("AU5", "AU23"),
+        "00002": ("AU6", "AU12"),
+        "00003": ("AU1", "AU2", "AU5", "AU26"),
+        "00019": ("AU6", "AU12"),
+        "00020": ("AU6", "AU12"),
+        "00021": (),
+    }.items():
+        layouts.openface_csv(openface / f"{name}.csv", 20, active=active)
+    groundings = Counter()
+    for name, root in roots.items():
+        samples, report = build(name, root)
+        if name in ("dfew", "mafw"):
+            assert join(samples, openface, BuildOptions(root=root), report) > 0
+        assert assert_reasoning_supports_answer(samples) > 0, name
+        groundings.update(s.target_grounding for s in samples if s.task == "expr")
+    assert groundings["conflict"] and groundings["au"] and groundings["labels"], groundings
+    abaw = by_id(build("abaw", roots["abaw"])[0])
+    assert abaw["abaw/expr/train/vidM/00001-00010"].target_grounding == "au"  # Sadness with its prototype
+    assert abaw["abaw/expr/train/vidN/00001-00010"].target_grounding == "conflict"  # Happiness with AU1+AU4+AU15
+    assert abaw["abaw/expr/train/vidO/00001-00010"].target_grounding == "conflict"  # Neutral with AU6+AU12
+    assert abaw["abaw/expr/train/vidP/00001-00010"].target_grounding == "au"  # Neutral, lips part only
+    assert abaw["abaw/expr/train/vidR/00001-00010"].target_grounding == "conflict"  # Anger, no AU active
+    assert abaw["abaw/expr/train/vidN/00001-00010"].aus == ["AU1", "AU4", "AU15"]
+
+
+def test_dfew_with_openface_disagreeing_is_marked_counted_and_droppable(tmp_path, capsys):
+    root = layouts.dfew_tree(tmp_path / "dfew")
+    openface = tmp_path / "openface"
+    layouts.openface_csv(openface / "00001.csv", 30, active=("AU5", "AU23"))  # 00001 is labelled Happiness
+    args = ["data", "build", "dfew", "--root", str(root), "--openface", str(openface), "--split", "fold1_train"]
+    assert cli([*args, "--out", str(tmp_path / "all")]) == 0
+    out = capsys.readouterr().out
+    assert "answer: 1 (kept, marked target_grounding=conflict)" in out
+    row = next(r for r in load_from_disk(str(tmp_path / "all"))["fold1_train"] if r["id"].endswith("00001"))
+    assert row["target_grounding"] == "conflict" and "anger" not in row["target"].lower()
+    assert "are not the usual ones for happiness" in row["target"] or "usually shows on a face" in row["target"]
+    assert parse(row["target"], "expr").answer == "Happiness"
+    report = json.loads((tmp_path / "all" / "build_report.json").read_text())
+    assert report["conflict_targets"] == 1 and report["conflicts_dropped"] == 0
+    assert cli([*args, "--out", str(tmp_path / "kept"), "--drop-conflicts"]) == 0
+    ids = load_from_disk(str(tmp_path / "kept"))["fold1_train"]["id"]
+    assert ids == ["dfew/fold1_train/00002"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Participant metadata and BAH frame segments
+
+
+def test_bah_meta_from_participants_and_frame_segment_samples(tmp_path):
+    root = layouts.bah_tree(tmp_path)
+    (root / "participants.csv").write_text("participant_id,age,sex,site\nP01,34,F,Montreal\nP02,51,M,Laval\n")
+    samples, report = build("bah", root)
+    s = by_id(samples)
+    assert s["bah/train/v1"].meta == {"age": "34", "sex": "F", "site": "Montreal"}
+    assert s["bah/train/v2"].meta["site"] == "Laval" and s["bah/train/v1/frames"].meta["sex"] == "F"
+    assert s["bah/train/v1/frames"].subject == "P01"
+    segment = s["bah/train/v1/frames/12-54"]
+    assert segment.frame_indices == list(range(12, 55)) and segment.ah_frames == [1] * 43 and segment.ah == 1
+    assert s["bah/train/v1/frames/72-108"].meta == s["bah/train/v1"].meta
+    assert all(x.meta == {} for x in build("rafdb", layouts.rafdb_tree(tmp_path / "rafdb"))[0])
+    write_dataset(samples, tmp_path / "out")
+    rows = load_from_disk(str(tmp_path / "out"))["train"]
+    assert json.loads(rows[0]["meta"])["age"] in ("34", "51")
+    # A participant missing from participants.csv: a warning, and no metadata for its samples.
+    (root / "participants.csv").write_text("participant_id,age,sex\nP02,51,M\n")
+    samples, report = build("bah", root)
+    assert by_id(samples)["bah/train/v1"].meta == {} and "'P01' is not in participants.csv" in report.warnings[0]

@@ -122,6 +122,20 @@ CASES = [
     pytest.param("abaw", lambda r, t: (["--root", t / "nowhere"], ["nowhere"]), id="root-missing"),
     pytest.param("dfew", lambda r, t: (["--openface", t / "no-of"], ["no-of", "--openface"]), id="openface-missing"),
     pytest.param("dfew", lambda r, t: (["--openface", write(t / "of.csv", "x")], ["of.csv"]), id="openface-is-a-file"),
+    pytest.param("rafdb", lambda r, t: expect(["--task", "rafdb"], args=["--task", "au"]), id="task-not-offered"),
+    pytest.param(
+        "abaw",
+        lambda r, t: expect(["--split tset"], args=["--split", "train", "--split", "tset"]),
+        id="split-name-typo-builds-nothing-for-it",
+    ),
+    pytest.param(
+        "abaw",
+        lambda r, t: expect(
+            ["two EXPR annotation folders", "5th_ABAW"],
+            write(r / "5th_ABAW" / "EXPR_Classification_Challenge" / "Train_Set" / "vidZ.txt", "1\n"),
+        ),
+        id="abaw-two-annotation-editions",
+    ),
     # --- silently wrong results, now refused with file:line
     pytest.param(
         "abaw",
