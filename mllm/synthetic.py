@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import tempfile
+from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
@@ -195,3 +196,177 @@ def write_audio(path: str | Path, samples: np.ndarray, sample_rate: int = 16_000
 def write_image(path: str | Path, rgb: np.ndarray, **save_kwargs) -> Path:
     Image.fromarray(rgb).save(path, **save_kwargs)
     return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Camera-like footage: what a phone records, not a clean animation
+
+
+def camera_frames(
+    n: int,
+    size: tuple[int, int] = (360, 640),
+    absent: range | None = None,
+    fps: float = 25.0,
+    face_height_fraction: float = 0.6,
+    noise: float = 5.0,
+    seed: int = 0,
+):
+    """Yield `n` frames (height, width, 3) of the astronaut in front of a real scene (`skimage.data.rocket()`),
+    filmed as a handheld camera films: per-frame sensor noise (luma sigma `noise`, chroma half that), a shaky
+    camera (a few pixels of random walk), lighting and white balance drifting, the head swaying and tilting by up to
+    6 degrees. During `absent` the subject is out of shot: they walk off to the side over the half second before
+    and come back over the half second after. A generator, so long clips are never held in memory."""
+    from skimage import data
+
+    height, width = size
+    rng = np.random.default_rng(seed)
+    margin = 16
+    scene = Image.fromarray(data.rocket()).resize((width + 2 * margin, height + 2 * margin), Image.BILINEAR)
+    scene = np.asarray(scene, dtype=np.float32)
+    patch = Image.fromarray(_face_patch(int(height * face_height_fraction)))
+    pw, ph = patch.size
+    walk = max(1, round(0.5 * fps))  # frames taken to walk out of shot or back in
+    shake = np.zeros(2)
+    for i in range(n):
+        t = i / fps
+        shake = 0.85 * shake + rng.normal(0.0, 1.2, 2)
+        sx, sy = np.clip(np.round(shake).astype(int) + margin, 0, 2 * margin)
+        frame = scene[sy : sy + height, sx : sx + width].copy()
+        away = 0.0  # how far out of shot, 0..1
+        if absent is not None and len(absent):
+            if i in absent:
+                away = 1.0
+            elif absent.start - walk <= i < absent.start:
+                away = (i - absent.start + walk) / walk
+            elif absent.stop <= i < absent.stop + walk:
+                away = 1.0 - (i - absent.stop + 1) / walk
+        if away < 1.0:
+            roll = 6.0 * np.sin(2 * np.pi * t / 4.0)
+            head = np.asarray(patch.rotate(roll, resample=Image.BILINEAR, fillcolor=(96, 96, 96)), dtype=np.float32)
+            x = round((width - pw) / 2 + 0.12 * width * np.sin(2 * np.pi * t / 6.0) + away * (width + pw) / 2)
+            x += sx - margin
+            y = round((height - ph) / 2 + 0.03 * height * np.cos(2 * np.pi * t / 5.0)) + sy - margin
+            x0, y0, x1, y1 = max(0, x), max(0, y), min(width, x + pw), min(height, y + ph)
+            if x1 > x0 and y1 > y0:
+                frame[y0:y1, x0:x1] = head[y0 - y : y1 - y, x0 - x : x1 - x]
+        gain = 1.0 + 0.12 * np.sin(2 * np.pi * t / 7.0) + np.array([0.03, 0.0, -0.03]) * np.sin(2 * np.pi * t / 9.0)
+        frame *= gain.astype(np.float32)
+        frame += rng.standard_normal((height, width, 1), dtype=np.float32) * noise
+        frame += rng.standard_normal((height, width, 3), dtype=np.float32) * (noise / 2)
+        yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+# x264 as a phone or a web upload leaves it: High profile, CABAC, B-frames, a keyframe every 2 s, quality-based
+# rate control. With the sensor noise above this gives about 2-3 Mbit/s at 640x360, and decoding costs what real
+# footage of that size costs (roughly 200-400 frames/s on one core here), where a clean animation decodes 5x faster.
+CAMERA_X264 = {"preset": "faster", "crf": "23", "profile": "high"}
+
+
+def write_camera_video(
+    path: str | Path,
+    n: int,
+    size: tuple[int, int] = (360, 640),
+    fps: float = 25.0,
+    absent: range | None = None,
+    seed: int = 0,
+    noise: float = 5.0,
+) -> Path:
+    """An h264 .mp4 of `camera_frames(...)`, encoded frame by frame (memory stays flat however long the clip)."""
+    path = Path(path)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
+        stream.height, stream.width = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {**CAMERA_X264, "g": str(round(2 * fps))}
+        for rgb in camera_frames(n, size, absent=absent, fps=fps, seed=seed, noise=noise):
+            out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        out.mux(stream.encode())
+    return path
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Face photographs in harder poses, for the detection cascade
+
+
+@dataclass
+class FacePhoto:
+    """A real photograph with a face, and the face's box (x0, y0, x1, y1) as dlib's HOG detector draws it."""
+
+    name: str
+    rgb: np.ndarray
+    box: np.ndarray
+
+
+def face_photos(lfw: int = 100) -> list[FacePhoto]:
+    """The real face photographs shipped inside scikit-image: the astronaut (Eileen Collins, frontal), the
+    cameraman (three-quarter view, half hidden by his camera: HOG misses him) and the first `lfw` of the 100 faces
+    in `skimage.data.lfw_subset()` (Labeled Faces in the Wild, 25x25 grey crops), each enlarged to a 110 px face on
+    a 240 px canvas padded with its own edge pixels."""
+    from skimage import data
+
+    photos = [
+        FacePhoto("astronaut", astronaut(), np.array([179.0, 83.0, 266.0, 170.0])),
+        FacePhoto("camera", np.stack([data.camera()] * 3, axis=-1), np.array([181.0, 122.0, 262.0, 203.0])),
+    ]
+    face, canvas = 110, 240
+    pad = (canvas - face) // 2
+    for i, grey in enumerate(data.lfw_subset()[: min(lfw, 100)]):
+        big = np.asarray(Image.fromarray((grey * 255).astype(np.uint8)).resize((face, face), Image.BICUBIC))
+        rgb = np.stack([np.pad(big, pad, mode="edge")] * 3, axis=-1)
+        photos.append(FacePhoto(f"lfw{i:03d}", rgb, np.array([pad, pad, pad + face, pad + face], dtype=np.float64)))
+    return photos
+
+
+def tilted(rgb: np.ndarray, degrees: float, centre) -> np.ndarray:
+    """`rgb` turned by `degrees` (counter-clockwise on screen, as PIL turns) about `centre`, corners filled with
+    the picture's mean colour."""
+    fill = tuple(int(v) for v in rgb.reshape(-1, 3).mean(axis=0))
+    turned = Image.fromarray(rgb).rotate(degrees, resample=Image.BILINEAR, center=tuple(centre), fillcolor=fill)
+    return np.asarray(turned)
+
+
+def brow_band(rgb: np.ndarray, box: np.ndarray, colour=(196, 152, 122)) -> np.ndarray:
+    """A skin-coloured band over the brows and forehead (a hand across the forehead), a little wider than the
+    face; the eyes stay visible."""
+    out = rgb.copy()
+    x0, y0, x1, y1 = box
+    w, h = x1 - x0, y1 - y0
+    top, bottom = int(max(0, y0 - 0.1 * h)), int(y0 + 0.3 * h)
+    left, right = int(max(0, x0 - 0.15 * w)), int(min(rgb.shape[1], x1 + 0.15 * w))
+    out[top:bottom, left:right] = colour
+    return out
+
+
+def three_quarter(rgb: np.ndarray, box: np.ndarray, squeeze: float = 0.55) -> np.ndarray:
+    """A three-quarter view faked by perspective: the face's right half (image right) squeezed horizontally to
+    `squeeze` of its width, as a head turned away foreshortens it, and the background beyond it stretched to
+    close the gap. Rows are untouched."""
+    width = rgb.shape[1]
+    centre = (box[0] + box[2]) / 2
+    far = min(width - 1.0, box[2] + 0.25 * (box[2] - box[0]))
+    far_out = centre + squeeze * (far - centre)
+    x = np.arange(width, dtype=np.float64)
+    source = np.where(
+        x < centre,
+        x,
+        np.where(
+            x < far_out,
+            centre + (x - centre) / squeeze,
+            far + (x - far_out) * (width - 1 - far) / max(1.0, width - 1 - far_out),
+        ),
+    )
+    return rgb[:, np.clip(np.round(source).astype(int), 0, width - 1)]
+
+
+def face_variants(photo: FacePhoto) -> dict[str, np.ndarray]:
+    """The photograph as it is, tilted by +-25 degrees about the face, with a band over the brow, in a three-quarter
+    view, and tilted 20 degrees with the band (the laughing man of issue 8.2: head tilted, hand on his forehead)."""
+    centre = (photo.box[:2] + photo.box[2:]) / 2
+    return {
+        "upright": photo.rgb,
+        "tilted +25": tilted(photo.rgb, 25, centre),
+        "tilted -25": tilted(photo.rgb, -25, centre),
+        "brow covered": brow_band(photo.rgb, photo.box),
+        "three-quarter": three_quarter(photo.rgb, photo.box),
+        "tilted 20 + brow": brow_band(tilted(photo.rgb, 20, centre), photo.box),
+    }
