@@ -1,6 +1,7 @@
 """Data-builder benchmark: an ABAW-sized synthetic tree (EXPR, AU and VA annotations for hundreds of videos with
 thousands of frames each), timed side by side: reading the annotation files only, building the samples (parse,
-clips, chain-of-thought targets), and writing the dataset.
+clips, chain-of-thought targets, and the checks every builder shares: repeated samples, split overlap), and writing
+the dataset (into a claimed output folder, atomically).
 
     .venv/bin/python bench/data_builders.py [--videos 300] [--frames 3000]
 
@@ -22,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from data_builders.abaw import build  # noqa: E402
+from data_builders import get_builder  # noqa: E402
 from data_builders.common import BuildOptions, BuildReport  # noqa: E402
 from data_builders.schema import write_dataset  # noqa: E402
 from mllm.labels import ABAW_AUS  # noqa: E402
@@ -78,7 +79,7 @@ def main(argv=None) -> int:
 
         start = time.perf_counter()
         report = BuildReport()
-        samples = build(BuildOptions(root=root), report)
+        samples = get_builder("abaw")(BuildOptions(root=root), report)
         build_s = time.perf_counter() - start
 
         start = time.perf_counter()

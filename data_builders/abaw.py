@@ -202,6 +202,7 @@ class _Media:
         self.root, self.report = root, report
         self.crops = _find(root, "cropped_aligned") or _find(root, "cropped-aligned")
         self._crop_sets: dict[str, list[int]] = {}
+        self._reported: set[str] = set()
         self._present: dict[str, set[int]] = {}
         self.videos: dict[str, Path] = {}
         self.video_folders = [f for f in (_find(root, n) for n in ("videos", "raw_videos", "Videos")) if f is not None]
@@ -220,7 +221,8 @@ class _Media:
                 else []
             )
             self._crop_sets[video] = indices
-        if report and not self._crop_sets[video]:
+        if report and not self._crop_sets[video] and video not in self._reported:
+            self._reported.add(video)
             self.report.missing(self.crops / video if self.crops else f"{self.root}/cropped_aligned/{video}")
         return self._crop_sets[video]
 

@@ -86,7 +86,9 @@ def text_lines(path: Path) -> list[tuple[int, str]]:
                 lines.append(Undecodable(raw.decode("utf-8", "backslashreplace")))
     if lines and lines[-1] == "":
         lines.pop()  # the final newline ends the last line; it does not start an empty one
-    return [(i, line[:-1] if line.endswith("\r") else line) for i, line in enumerate(lines, 1)]
+    if b"\r" in data:
+        lines = [type(line)(line[:-1]) if line.endswith("\r") else line for line in lines]
+    return list(enumerate(lines, 1))
 
 
 def not_utf8(path: Path, line_no: int, text: str) -> AnnotationError:
