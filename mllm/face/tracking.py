@@ -11,8 +11,9 @@ face widths, at a similar size); after `reset_after_s` seconds lost, the largest
 While the subject is lost the whole frame is searched at most every `lost_search_every` frames; the frames skipped
 in between are held (a few at most) and, once the subject is found again, tracked backwards from there, so the
 skipping saves detector runs without losing frames. A subject lost for `fallback_after_s` also gets the cascade's
-costlier retries (the frame turned by +-25 degrees; after `cnn_after_s`, dlib's CNN, at most once every
-`cnn_every_s`). A tilted head is tracked upright: past 10 degrees of roll the predictor sees a patch turned level.
+costlier retries (the frame turned by +-25 degrees, every `fallback_every_s`; after `cnn_after_s`, dlib's CNN, at
+most once every `cnn_every_s`). A tilted head is tracked upright: past 10 degrees of roll the predictor sees a patch
+turned level.
 Short gaps are interpolated; long gaps stay marked as lost.
 """
 
@@ -43,10 +44,11 @@ class TrackerSettings:
     # `lost_search_s` are always searched, so sparsely sampled clips lose nothing).
     lost_search_every: int = 5
     lost_search_s: float = 0.2
-    # With detector="auto": the rotated retries once the subject has been lost this long (then at most once a
-    # second), dlib's CNN after `cnn_after_s` and at most once every `cnn_every_s` (one CNN pass costs about as
-    # much as tracking 500 frames).
+    # With detector="auto": the rotated retries once the subject has been lost `fallback_after_s` (then at most
+    # every `fallback_every_s`), dlib's CNN after `cnn_after_s` and at most once every `cnn_every_s` (one CNN pass
+    # costs about as much as tracking 500 frames).
     fallback_after_s: float = 1.0
+    fallback_every_s: float = 0.5
     cnn_after_s: float = 3.0
     cnn_every_s: float = 10.0
 
@@ -63,8 +65,11 @@ class TrackerSettings:
             raise ValueError("reacquire_radius and reset_after_s must be > 0")
         if not 1 <= self.lost_search_every <= 30:
             raise ValueError(f"lost_search_every must be in 1..30, got {self.lost_search_every}")
-        if min(self.lost_search_s, self.fallback_after_s, self.cnn_after_s, self.cnn_every_s) < 0:
-            raise ValueError("lost_search_s, fallback_after_s, cnn_after_s and cnn_every_s must be >= 0")
+        waits = (self.lost_search_s, self.fallback_after_s, self.fallback_every_s, self.cnn_after_s, self.cnn_every_s)
+        if min(waits) < 0:
+            raise ValueError(
+                "lost_search_s, fallback_after_s, fallback_every_s, cnn_after_s, cnn_every_s must be >= 0"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -205,7 +210,8 @@ class SubjectTracker:
             return (detector.first_stage,)
         lost_for = self._t - self._last_seen_s
         stages = ("hog",)
-        if lost_for >= self.settings.fallback_after_s and self._t - self._last_fallback_s >= 1.0 - 1e-9:
+        every = self.settings.fallback_every_s - 1e-9
+        if lost_for >= self.settings.fallback_after_s and self._t - self._last_fallback_s >= every:
             self._last_fallback_s = self._t
             stages += ("rotated",)
             if lost_for >= self.settings.cnn_after_s and self._t - self._last_cnn_s >= self.settings.cnn_every_s:
@@ -213,17 +219,12 @@ class SubjectTracker:
                 stages += ("cnn",)
         return stages
 
-    def _accept_detection(self, rgb: np.ndarray) -> bool:
-        """Detect and take the face that continues the subject; False when there is none.
-
-        While the subject is held, only the region around its box is searched (cheap); a miss there, a loss,
-        or the first frame search the whole frame."""
+    def _accept_detection(self, rgb: np.ndarray, hits: list[Detection] | None = None) -> bool:
+        """Take the face that continues the subject from `hits` (default: search the whole frame, with the
+        cascade's retries when the subject has been lost for a while); False when there is none."""
         self._since_detect = 0
         self._last_search_s = self._t
-        hits: list[Detection] = []
-        if self._box is not None:
-            hits = self.detector.search(rgb, near=self._box)
-        if not hits:
+        if hits is None:
             hits = self.detector.search(rgb, self._stages())
         if not hits:
             return False
@@ -308,14 +309,20 @@ class SubjectTracker:
         elif rgb.shape[:2] != self._frame_size:
             raise ValueError(f"frame size changed from {self._frame_size} to {rgb.shape[:2]} within one clip")
         self._since_detect += 1
-        if self._box is not None and self._since_detect < self.settings.redetect_every:
+        if self._box is not None:
             followed = self._follow(rgb, self._box)
-            if followed is not None:
-                box, points = followed
-                self._set(box, points)
-                self._roll = geometry.effective_roll(points)
+            if followed is not None and self._since_detect < self.settings.redetect_every:
+                self._hold(*followed)
                 return
-        if self._box is None and not self._search_due():
+            # Time to re-detect, or tracking failed: look around the subject first (cheap).
+            if self._accept_detection(rgb, self.detector.search(rgb, near=self._box)):
+                return
+            if followed is not None:
+                # The detector misses a face that tracking still holds (a pose only a retry stage found): keep it.
+                self._since_detect = 0
+                self._hold(*followed)
+                return
+        elif not self._search_due():
             self._rows.append((self._t, None, None))
             self._skipped.append((len(self._rows) - 1, rgb))
             return
@@ -326,6 +333,10 @@ class SubjectTracker:
         self._box = None
         self._skipped.clear()
         self._rows.append((self._t, None, None))
+
+    def _hold(self, box: np.ndarray, points: np.ndarray) -> None:
+        self._set(box, points)
+        self._roll = geometry.effective_roll(points)
 
     def finish(self) -> FaceTrack:
         track = FaceTrack.empty([r[0] for r in self._rows], self._frame_size or (0, 0))

@@ -1,0 +1,168 @@
+"""The detection cascade on hard poses of real faces (scikit-image's photographs), and its use while tracking."""
+
+import numpy as np
+import pytest
+
+from mllm import synthetic
+from mllm.face import DetectorSettings, FaceCache, FaceDetector, TrackerSettings, image_faces, track_subject
+from mllm.face.geometry import apply, roll_degrees, rotation
+from mllm.face.landmarks import eye_centres
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return {p.name: p for p in synthetic.face_photos(lfw=2)}
+
+
+def _detector(detector="auto", **kwargs):
+    return FaceDetector(DetectorSettings(min_face_fraction=0.0, detector=detector, **kwargs))
+
+
+def _inside(face, truth, offset=(0, 0)) -> bool:
+    cx, cy = (face.box[:2] + face.box[2:]) / 2 + np.asarray(offset)
+    return bool(truth[0] <= cx <= truth[2] and truth[1] <= cy <= truth[3])
+
+
+def _error(points, truth) -> float:
+    """Mean landmark distance in inter-ocular distances."""
+    right, left = eye_centres(truth)
+    return float(np.linalg.norm(points - truth, axis=1).mean() / np.linalg.norm(left - right))
+
+
+def test_detector_setting_is_checked_and_names_the_stages():
+    with pytest.raises(ValueError, match="hog, cnn, auto"):
+        DetectorSettings(detector="haar")
+    assert DetectorSettings(detector="hog").stages() == ("hog",)
+    assert DetectorSettings(detector="cnn").stages() == ("cnn",)
+    assert DetectorSettings().stages() == ("hog", "rotated", "upsampled", "cnn")
+    with pytest.raises(ValueError, match="unknown detection stage"):
+        FaceDetector().search(np.zeros((40, 40, 3), np.uint8), ("magic",))
+
+
+def test_tilted_face_with_covered_brow_is_found_by_the_rotated_stage(photos):
+    """A real face tilted 20 degrees with a band over the brow (a hand on the forehead): HOG finds nothing, the
+    frame turned by 25 degrees does, and the landmarks come back in the frame's own coordinates."""
+    photo = photos["lfw000"]
+    rgb = synthetic.face_variants(photo)["tilted 20 + brow"]
+    assert _detector("hog").detect(rgb) == []
+    detector = _detector()
+    (face,) = detector.detect(rgb)
+    assert face.stage == "rotated" and face.primary and _inside(face, photo.box)
+    assert detector.stage_runs["rotated"] == 1 and detector.stage_runs["cnn"] == 0  # stopped at the first hit
+    # PIL turns counter-clockwise on screen by 20 degrees: the eye line falls to the left, a roll near -20.
+    assert -32 < roll_degrees(face.landmarks_68) < -8
+    x0, y0, x1, y1 = face.box
+    points = face.landmarks_68
+    assert np.all((points[:, 0] >= x0) & (points[:, 0] <= x1) & (points[:, 1] >= y0) & (points[:, 1] <= y1))
+
+
+@pytest.mark.parametrize("degrees", [30, -30])
+def test_rotated_stage_maps_landmarks_back_accurately(photos, degrees):
+    photo = photos["astronaut"]
+    upright = _detector("hog").detect(photo.rgb)[0].landmarks_68
+    centre = (photo.box[:2] + photo.box[2:]) / 2
+    rgb = synthetic.tilted(photo.rgb, degrees, centre)
+    truth = apply(rotation(-degrees, centre), upright)  # PIL's positive angle is counter-clockwise on screen
+    detector = _detector()
+    (hit,) = detector.search(rgb, ("rotated",))
+    assert hit.roll == pytest.approx(np.sign(-degrees) * 25)
+    face = detector.face_from(rgb, hit)
+    assert _error(face.landmarks_68, truth) < 0.06
+    assert roll_degrees(face.landmarks_68) == pytest.approx(-degrees + roll_degrees(upright), abs=5)
+
+
+def test_covered_brow_found_by_upsampling_at_full_resolution_only(photos):
+    photo = photos["lfw001"]
+    rgb = synthetic.face_variants(photo)["brow covered"]
+    detector = _detector()
+    (face,) = detector.detect(rgb)
+    assert face.stage == "upsampled" and _inside(face, photo.box)
+    # A search asked for large faces only runs downscaled: upsampling there would look for faces smaller than asked.
+    coarse = FaceDetector(DetectorSettings(min_face_fraction=0.9, detector="auto"))
+    coarse.search(rgb, ("hog", "upsampled"))
+    assert coarse.stage_runs["upsampled"] == 0
+
+
+def test_cnn_is_the_last_resort(photos):
+    """The astronaut tilted with her brow covered: HOG, the rotated and the upsampled searches all miss; the CNN
+    finds her, its box mapped to where HOG would draw it so the landmarks land on the face."""
+    photo = photos["astronaut"]
+    x, y = 94, 0  # a 256x256 cut around the face keeps the CNN to about a second
+    rgb = np.ascontiguousarray(synthetic.face_variants(photo)["tilted 20 + brow"][y : y + 256, x : x + 256])
+    detector = _detector()
+    (face,) = detector.detect(rgb)
+    assert face.stage == "cnn" and _inside(face, photo.box, offset=(x, y))
+    assert [detector.stage_runs[s] for s in ("hog", "rotated", "upsampled", "cnn")] == [1, 1, 1, 1]
+    right, left = eye_centres(face.landmarks_68)
+    assert right[0] < left[0] and np.linalg.norm(left - right) > 25  # two eyes, the right one on the image's left
+    # On the upright face the CNN's mapped box and landmarks agree with HOG's.
+    upright = np.ascontiguousarray(photo.rgb[y : y + 256, x : x + 256])
+    (hog,) = _detector("hog").detect(upright)
+    (cnn,) = _detector("cnn").detect(upright)
+    assert cnn.stage == "cnn" and _error(cnn.landmarks_68, hog.landmarks_68) < 0.1
+
+
+def test_detector_is_part_of_the_cache_key(astronaut_png, tmp_path):
+    cache = FaceCache(tmp_path / "cache")
+    image_faces(astronaut_png, settings=DetectorSettings(min_face_fraction=0.0, detector="hog"), cache=cache)
+    image_faces(astronaut_png, settings=DetectorSettings(min_face_fraction=0.0, detector="auto"), cache=cache)
+    assert cache.misses == 2 and cache.hits == 0
+    faces = image_faces(astronaut_png, settings=DetectorSettings(min_face_fraction=0.0, detector="auto"), cache=cache)
+    assert cache.hits == 1 and faces[0].stage == "hog"
+
+
+def _moving(rgb: np.ndarray, n: int) -> np.ndarray:
+    """`n` frames of `rgb` drifting one pixel a frame to the right (edge-padded)."""
+    pad = n
+    wide = np.pad(rgb, ((0, 0), (pad, pad), (0, 0)), mode="edge")
+    return np.stack([wide[:, pad - i : pad - i + rgb.shape[1]] for i in range(n)])
+
+
+def test_tracker_retries_a_lost_subject_with_the_cascade_and_tracks_the_tilted_head(photos):
+    """Every frame shows the tilted, brow-covered face that HOG misses. After `fallback_after_s` lost, the rotated
+    search finds it, and roll-aware tracking holds it from there on."""
+    frames = _moving(synthetic.face_variants(photos["lfw001"])["tilted 20 + brow"], 50)
+    times = np.arange(50) / 25.0
+    settings = TrackerSettings(detector=DetectorSettings(min_face_fraction=0.25, detector="hog"))
+    assert not track_subject(frames, times, settings).found.any()
+    detector = FaceDetector(DetectorSettings(min_face_fraction=0.25))
+    track = track_subject(frames, times, TrackerSettings(detector=detector.settings), detector)
+    first = int(np.argmax(track.found))
+    # Found once lost for a second (retried every half second); the few frames skipped just before are backfilled.
+    assert 0.8 <= times[first] <= 1.6
+    assert track.found[first:].all()
+    assert detector.stage_runs["rotated"] >= 1 and detector.stage_runs["cnn"] == 0
+    rolls = [roll_degrees(p) for p in track.landmarks_68[track.found]]
+    assert -32 < np.median(rolls) < -8
+
+
+def test_lost_subject_search_skips_frames_and_backfills_them():
+    """While the face is away the whole frame is searched only every few frames; when it comes back, the frames
+    skipped in between are tracked backwards, so the result matches searching every frame."""
+    frames = synthetic.face_frames(60, absent=range(20, 33))
+    times = np.arange(60) / 25.0
+    every = FaceDetector()
+    dense = track_subject(frames, times, TrackerSettings(lost_search_every=1, max_gap_s=0), every)
+    sparse_detector = FaceDetector()
+    sparse = track_subject(frames, times, TrackerSettings(lost_search_every=5, max_gap_s=0), sparse_detector)
+    assert dense.found[:20].all() and dense.found[33:].all() and not dense.found[20:33].any()
+    np.testing.assert_array_equal(sparse.found, dense.found)
+    both = sparse.found & dense.found
+    assert np.abs(sparse.landmarks_68[both] - dense.landmarks_68[both]).max() < 3.0
+    assert sparse_detector.stage_runs["hog"] < every.stage_runs["hog"] - 6
+
+
+def test_costly_retries_are_rate_limited_on_a_video_without_a_face():
+    """4.4 s without a face: the rotated retry every half second after the first second, the CNN once, at 3 s."""
+    rng = np.random.default_rng(0)
+    frames = rng.integers(90, 110, (110, 120, 160, 3), dtype=np.uint8)
+    times = np.arange(110) / 25.0
+    detector = FaceDetector(DetectorSettings(min_face_fraction=0.25))
+    track = track_subject(frames, times, TrackerSettings(detector=detector.settings), detector)
+    assert not track.found.any()
+    assert detector.stage_runs["cnn"] == 1
+    assert 5 <= detector.stage_runs["rotated"] <= 7  # on the search frames from 1 s on, half a second apart
+    assert detector.stage_runs["hog"] == pytest.approx(110 / TrackerSettings().lost_search_every, abs=2)
+    hog_only = FaceDetector(DetectorSettings(min_face_fraction=0.25, detector="hog"))
+    track_subject(frames, times, TrackerSettings(detector=hog_only.settings), hog_only)
+    assert set(hog_only.stage_runs) == {"hog"}
