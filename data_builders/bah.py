@@ -42,6 +42,7 @@ SPLITS = {"train": "train", "val": "validation", "test": "test"}
 PARTICIPANT_ID_COLUMNS = ("participant_id", "participant", "subject_id", "subject", "id")
 _TUPLE_VALUE = re.compile(r"^(\s*\w+):\s*(\[?\s*\(.*)$", re.MULTILINE)
 _FRAME = re.compile(r"^frame-([0-9]+)\.[A-Za-z]+$")
+YAML_KEYS = ("global_label", "label", "segments", "time_segments", "frame_segments", "cues", "transcript")
 
 
 def _quote(value: str) -> str:
@@ -164,6 +165,7 @@ def read_annotation(path: Path) -> dict:
         "cues": {str(k): ("; ".join(map(str, v)) if isinstance(v, list) else str(v)) for k, v in cues.items() if v},
         "transcript": "" if transcript is None else str(transcript),
         "lines": {k: _key_line(raw, k) for k in ("segments", "time_segments", "frame_segments")},
+        "unknown": sorted(str(k) for k in data if k not in YAML_KEYS),  # a misspelt key would drop its labels
     }
 
 
@@ -324,6 +326,8 @@ def _annotation(options, report, stem: str, label: int, path: Path, line_no: int
         reason = f"A/H segments in a video labelled absent ({path.name}:{line_no})"
         complain(options, report, AnnotationError(annotation_path, line, "", reason))
         loaded = {**loaded, "segments": [], "frame_segments": []}
+    if loaded["unknown"]:
+        report.warnings.append(f"{annotation_path}: keys ignored (not {', '.join(YAML_KEYS)}): {loaded['unknown']}")
     loaded["path"] = annotation_path
     return loaded
 

@@ -579,6 +579,14 @@ def test_stray_files_are_ignored_and_listed_never_splits(tmp_path, cli):
     assert "fold1_notes" not in result.out
 
 
+def test_misspelt_bah_yaml_key_is_a_listed_warning(tmp_path, cli):
+    root = layouts.bah_tree(tmp_path / "bah")
+    write(root / "annotations" / "v1.yaml", "global_label: 1\nsegmnets: [(0.5, 2.25)]\n")
+    result = cli("data", "build", "bah", "--root", root, "--out", tmp_path / "out")
+    assert result.code == 0 and "warnings: 1" in result.out, result.err
+    assert "v1.yaml: keys ignored" in result.out and "segmnets" in result.out
+
+
 def test_missing_raw_videos_folder_is_reported(tmp_path, cli):
     import shutil
 
