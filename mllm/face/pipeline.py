@@ -159,7 +159,7 @@ def _shape_problem(arrays, expected: dict[str, tuple]) -> str | None:
 
 def track_problem(arrays, frames: int | None = None, approx_frames: float | None = None) -> str | None:
     """What is wrong with a stored `FaceTrack` (None when sound): keys, shapes, dtypes, finite values where a face
-    is, and the frame count (`frames` exactly, or `approx_frames` within 10% or 3 frames)."""
+    is, and the frame count (`frames` exactly, or `approx_frames` within 3% or 2 frames)."""
     n = arrays["timestamps_s"].shape[0] if "timestamps_s" in arrays and arrays["timestamps_s"].ndim == 1 else None
     problem = _shape_problem(
         arrays,
@@ -178,7 +178,7 @@ def track_problem(arrays, frames: int | None = None, approx_frames: float | None
         return "no frames"
     if frames is not None and n != frames:
         return f"{n} frames, expected {frames}"
-    if approx_frames is not None and abs(n - approx_frames) > max(3.0, 0.1 * approx_frames):
+    if approx_frames is not None and abs(n - approx_frames) > max(2.0, 0.03 * approx_frames):
         return f"{n} frames, the video has about {approx_frames:.0f}"
     times = arrays["timestamps_s"]
     if not np.isfinite(times).all() or (np.diff(times) < 0).any():
