@@ -5,6 +5,11 @@
 Both engines start from the same embeddings (`build_inputs_embeds`). `vllm` runs the exported language model fed
 `prompt_embeds`, with the answer constrained to the task's grammar (structured outputs), so even an untrained
 model returns a well-formed answer; `transformers` runs `generate` unconstrained.
+
+stdout carries the JSON result alone (`predict ... > r.json` is valid JSON): while the engine runs, file descriptor
+1 points at stderr, so vLLM's logs and its subprocesses' output land there. The model folder is checked before the
+slow imports (a missing folder or file fails at once, naming it), and the exported language model under `served/`
+is keyed by the checkpoint's content (`mllm.export.served_language_model`).
 """
 
 from __future__ import annotations
