@@ -252,6 +252,20 @@ def _conversations(conversations) -> list:
     return list(conversations)
 
 
+def _frame_times(source, numbers: np.ndarray, info) -> np.ndarray:
+    """When 1-based frame numbers play in a video (frame n at (n - 1) / fps); numbers past its end are refused."""
+    name = source if isinstance(source, str) else "<bytes>"
+    if not info.average_fps:
+        _fail(f"{name}: declares no frame rate, so frame_indices cannot be placed in time")
+    times = (numbers - 1) / info.average_fps
+    if info.duration_s is not None and times[-1] >= info.duration_s:
+        _fail(
+            f"{name}: frame_indices reach frame {numbers[-1]} ({times[-1]:.2f}s) but the video lasts "
+            f"{info.duration_s:.2f}s (about {round(info.duration_s * info.average_fps)} frames)"
+        )
+    return times
+
+
 def _spread(n: int, k: int) -> list[int]:
     """k positions spread evenly over n items (the centre of each of k equal parts); all of them when n <= k."""
     if n <= k:
@@ -475,15 +489,7 @@ class EmoReasonProcessor:
     def _video_frames_at(self, source, numbers: np.ndarray, media: _Media, limits: _Limits) -> str:
         """Frames chosen by number (1-based: frame n plays at (n - 1) / fps), and the audio they span."""
         info = probe_video(source)
-        name = source if isinstance(source, str) else "<bytes>"
-        if not info.average_fps:
-            _fail(f"{name}: declares no frame rate, so frame_indices cannot be placed in time")
-        times = (numbers - 1) / info.average_fps
-        if info.duration_s is not None and times[-1] >= info.duration_s:
-            _fail(
-                f"{name}: frame_indices reach frame {numbers[-1]} ({times[-1]:.2f}s) but the video lasts "
-                f"{info.duration_s:.2f}s (about {round(info.duration_s * info.average_fps)} frames)"
-            )
+        times = _frame_times(source, numbers, info)
         inside = times < times[0] + limits.seconds  # the request's seconds bound the span used
         numbers, times = numbers[inside], times[inside]
         picked = times[_spread(len(times), limits.frames)]
@@ -537,15 +543,12 @@ class EmoReasonProcessor:
         elif has_video:
             _fail("frames with a video need frame_indices to place them on the video's clock")
         fps, info, source = None, None, None
+        positions = list(range(len(frames)))
         if has_video:
             source = _part_source(part, "video")
             info = probe_video(source)
-            if not info.average_fps:
-                _fail(f"{video}: declares no frame rate, so frame_indices cannot be placed in time")
+            times = _frame_times(source, numbers, info)
             fps = info.average_fps
-        positions = list(range(len(frames)))
-        if fps is not None:
-            times = (numbers - 1) / fps
             positions = [i for i in positions if times[i] < times[0] + limits.seconds]
         lines = []
         for k, i in enumerate(positions[j] for j in _spread(len(positions), limits.frames)):

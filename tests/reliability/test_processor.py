@@ -155,6 +155,7 @@ CASES = [
     ("indices floats", vid(frame_indices=[1.5]), WIN, "integers", P),
     ("indices past the end", vid(frame_indices=[1, 51]), WIN, "silent.mp4: frame_indices reach frame 51 (2.00s)", P),
     ("frames without indices", vid(frames=[F("crop")]), WIN, "need frame_indices", P),
+    ("crops past the video", vid(frames=[F("crop")], frame_indices=[60]), WIN, "silent.mp4: frame_indices reach", P),
     (
         "frames count mismatch",
         vid(video="", frames=[F("crop")], frame_indices=[1, 2]),
