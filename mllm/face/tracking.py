@@ -221,7 +221,8 @@ class SubjectTracker:
 
     def _accept_detection(self, rgb: np.ndarray, hits: list[Detection] | None = None) -> bool:
         """Take the face that continues the subject from `hits` (default: search the whole frame, with the
-        cascade's retries when the subject has been lost for a while); False when there is none."""
+        cascade's retries when the subject has been lost for a while); False when there is none. Frames skipped
+        while the subject was lost are filled by tracking the accepted face backwards through them."""
         self._since_detect = 0
         self._last_search_s = self._t
         if hits is None:
@@ -230,30 +231,64 @@ class SubjectTracker:
             return False
         if self._last_box is not None and self._t - self._last_seen_s > self.settings.reset_after_s:
             self._last_box = None  # lost for long: start over as at the first frame
+        judged_earlier = False
         if self._last_box is None:
-            hit = hits[0]  # first sighting: the largest face is the subject
+            candidates = [hits[0]]  # first sighting: the largest face is the subject
         else:
             overlaps = [box_iou(h.box, self._last_box) for h in hits]
             best = int(np.argmax(overlaps))
             # The face overlapping the subject's box; failing that (a loss, or frames sampled far apart), the
-            # nearest face of similar size close to where the subject was; none: only other people are here.
-            hit = hits[best] if overlaps[best] >= self.settings.min_iou else self._reacquire(hits)
-            if hit is None:
-                return False
+            # nearest face of similar size close to where the subject was; none: only other people are here...
+            near = hits[best] if overlaps[best] >= self.settings.min_iou else self._reacquire(hits)
+            candidates = [near] if near is not None else []
+            if near is None and self._skipped:
+                # ...unless frames were skipped since the last search: a subject walking back in may already be
+                # far from where it left, so each face is judged where tracking it backwards first sees it.
+                candidates, judged_earlier = hits, True
+        return any(self._take(rgb, hit, judged_earlier) for hit in candidates)
+
+    def _take(self, rgb: np.ndarray, hit: Detection, judged_earlier: bool) -> bool:
         face = self.detector.face_from(rgb, hit)
         box = hit.box.copy()
         if not hit.roll:
             height, width = rgb.shape[:2]
             np.clip(box, 0, [width, height, width, height], out=box)
+        previous = (self._roll, self._offsets, self._reference)
         self._roll = geometry.effective_roll(face.landmarks_68)
         self._offsets = _offsets(box, face.landmarks_68, self._roll)
         self._reference = _thumbnail(rgb, box)
+        trail = self._trace_back(box)
+        if judged_earlier:
+            earliest = trail[-1][1] if trail else box
+            continues = box_iou(earliest, self._last_box) >= self.settings.min_iou
+            if not (continues or self._reacquire([Detection(earliest, hit.score, hit.stage)]) is not None):
+                self._roll, self._offsets, self._reference = previous
+                return False
+        for row, traced, points in trail:
+            self._rows[row] = (self._rows[row][0], self._face_box(traced, points), points)
+        self._skipped.clear()
         self._set(box, face.landmarks_68)
         return True
 
-    def _reacquire(self, hits: list[Detection]) -> Detection | None:
-        """The detection nearest the last known box, if near enough and of a similar size."""
-        last = self._last_box
+    def _trace_back(self, box: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+        """(row, box, landmarks) of the subject followed backwards from `box` through the frames skipped while it
+        was lost, newest first, as far as it can be followed (tracked, or re-detected around its box when it moves
+        too fast to track: a subject walking back into shot)."""
+        trail = []
+        for row, rgb in reversed(self._skipped):
+            followed = self._follow(rgb, box)
+            if followed is None:
+                hit = self._reacquire(self.detector.search(rgb, near=box), box)
+                if hit is None:
+                    break
+                followed = hit.box, self.detector.face_from(rgb, hit).landmarks_68
+            box, points = followed
+            trail.append((row, box, points))
+        return trail
+
+    def _reacquire(self, hits: list[Detection], last: np.ndarray | None = None) -> Detection | None:
+        """The detection nearest `last` (default: the last known box), if near enough and of a similar size."""
+        last = self._last_box if last is None else last
         width = last[2] - last[0]
         centre = (last[:2] + last[2:]) / 2
         best, best_distance = None, self.settings.reacquire_radius * width
@@ -290,17 +325,6 @@ class SubjectTracker:
         skipped = len(self._skipped) + 1 >= self.settings.lost_search_every
         return skipped or self._t - self._last_search_s >= self.settings.lost_search_s - 1e-9
 
-    def _backfill(self) -> None:
-        """Track backwards from the re-found subject through the frames skipped while it was lost."""
-        box = self._box
-        for row, rgb in reversed(self._skipped):
-            followed = self._follow(rgb, box)
-            if followed is None:
-                break
-            box, points = followed
-            self._rows[row] = (self._rows[row][0], self._face_box(box, points), points)
-        self._skipped.clear()
-
     def update(self, rgb: np.ndarray, timestamp_s: float) -> None:
         self._t = float(timestamp_s)
         if self._frame_size is None:
@@ -327,8 +351,6 @@ class SubjectTracker:
             self._skipped.append((len(self._rows) - 1, rgb))
             return
         if self._accept_detection(rgb):
-            if self._skipped:
-                self._backfill()
             return
         self._box = None
         self._skipped.clear()

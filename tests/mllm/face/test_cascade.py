@@ -166,3 +166,15 @@ def test_costly_retries_are_rate_limited_on_a_video_without_a_face():
     hog_only = FaceDetector(DetectorSettings(min_face_fraction=0.25, detector="hog"))
     track_subject(frames, times, TrackerSettings(detector=hog_only.settings), hog_only)
     assert set(hog_only.stage_runs) == {"hog"}
+
+
+def test_subject_walking_back_into_shot_is_found_as_soon_as_searching_every_frame_finds_it():
+    """Camera-like footage: the subject walks out and back in fast (a face width every two frames). Searching
+    only every few frames while lost still finds them from the same frame: the face found on return is followed
+    backwards (tracked, or re-detected around its box) to where it first showed, and judged there."""
+    frames = np.stack(list(synthetic.camera_frames(64, absent=range(20, 34))))
+    times = np.arange(64) / 25.0
+    dense = track_subject(frames, times, TrackerSettings(lost_search_every=1, max_gap_s=0))
+    sparse = track_subject(frames, times, TrackerSettings(max_gap_s=0))
+    assert dense.found[:10].all() and dense.found[50:].all() and not dense.found[20:34].any()
+    np.testing.assert_array_equal(sparse.found, dense.found)
