@@ -24,6 +24,7 @@ import json
 import math
 import os
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlparse
@@ -209,18 +210,28 @@ def _seconds(part: dict, key: str) -> float | None:
     value = part.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
+    if not _is_number(value) or not math.isfinite(value) or value < 0:
         _fail(f"{key} must be a number of seconds >= 0, got {value!r}")
     return float(value)
+
+
+def _is_number(value, integral: bool = False) -> bool:
+    """A real number (numpy's included), not a bool."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    return isinstance(value, Integral if integral else Real)
 
 
 def _frame_numbers(value, count: int | None) -> np.ndarray:
     """`frame_indices`: 1-based frame numbers, strictly increasing (and as many as `frames`, when given)."""
     if not isinstance(value, list | tuple) or not value:
         _fail(f"frame_indices must be a non-empty list of frame numbers, got {value!r}"[:200])
-    if not all(isinstance(v, int | np.integer) and not isinstance(v, bool) for v in value):
+    if not all(_is_number(v, integral=True) for v in value):
         _fail("frame_indices must be integers (1-based frame numbers)")
-    numbers = np.asarray(value, dtype=np.int64)
+    try:
+        numbers = np.asarray(value, dtype=np.int64)
+    except OverflowError:
+        _fail("frame_indices hold a number too large for a frame number")
     if numbers.min() < 1 or (np.diff(numbers) <= 0).any():
         _fail("frame_indices must be 1-based frame numbers in increasing order")
     if count is not None and len(numbers) != count:
@@ -628,11 +639,11 @@ class EmoReasonProcessor:
             _fail(f"limits take positive 'frames' and 'seconds', got {limits!r}")
         frames, seconds = limits.get("frames", self.frames_per_clip), limits.get("seconds", self.max_audio_seconds)
         unknown = set(limits) - {"frames", "seconds"}
-        bad_frames = isinstance(frames, bool) or not isinstance(frames, int) or frames < 1
-        bad_seconds = isinstance(seconds, bool) or not isinstance(seconds, int | float) or not seconds > 0
+        bad_frames = not _is_number(frames, integral=True) or frames < 1
+        bad_seconds = not _is_number(seconds) or not seconds > 0
         if unknown or bad_frames or bad_seconds or not math.isfinite(seconds):
             _fail(f"limits take positive 'frames' (an integer) and 'seconds', got {limits}")
-        return _Limits(frames=min(frames, self.max_frames), seconds=min(float(seconds), self.max_audio_seconds))
+        return _Limits(frames=min(int(frames), self.max_frames), seconds=min(float(seconds), self.max_audio_seconds))
 
     # ------------------------------------------------------------------------------------------------------------
     # Conversations -> batch

@@ -153,6 +153,7 @@ CASES = [
     ("indices from 0", vid(frame_indices=[0, 1]), WIN, "1-based", P),
     ("indices unsorted", vid(frame_indices=[3, 2]), WIN, "increasing", P),
     ("indices floats", vid(frame_indices=[1.5]), WIN, "integers", P),
+    ("indices overflow", vid(frame_indices=[10**30]), WIN, "too large", P),
     ("indices past the end", vid(frame_indices=[1, 51]), WIN, "silent.mp4: frame_indices reach frame 51 (2.00s)", P),
     ("frames without indices", vid(frames=[F("crop")]), WIN, "need frame_indices", P),
     ("crops past the video", vid(frames=[F("crop")], frame_indices=[60]), WIN, "silent.mp4: frame_indices reach", P),
@@ -223,6 +224,7 @@ ACCEPTED = [
         8000,
     ),
     ("25 ms of audio", lambda: {"type": "audio", "audio": synthetic.tone(300, 0.025)}, 0, 400),
+    ("numpy window", lambda: {"type": "audio", "audio": synthetic.tone(300, 1.0), "end_s": np.float32(0.5)}, 0, 8000),
 ]
 
 
