@@ -105,7 +105,8 @@ class MediaLimits:
     max_decoded_bytes: int = 4 * 1024**3
 
     def __post_init__(self):
-        if min(self.max_bytes, self.max_duration_s, self.max_pixels, self.max_decoded_bytes) <= 0:
+        values = (self.max_bytes, self.max_duration_s, self.max_pixels, self.max_decoded_bytes)
+        if not all(isinstance(v, int | float) and v > 0 for v in values):  # NaN fails `v > 0` too
             raise ValueError(f"MediaLimits must be positive, got {self}")
 
 
@@ -575,7 +576,7 @@ def _check_sampling(num_frames: int | None, fps: float | None, at_s=None) -> Non
         raise ValueError("give num_frames or fps (or at_s), not more than one")
     if num_frames is not None and (isinstance(num_frames, bool) or int(num_frames) != num_frames or num_frames < 1):
         raise ValueError(f"num_frames must be an integer >= 1, got {num_frames}")
-    if fps is not None and not (np.isfinite(fps) and fps > 0):
+    if fps is not None and not (isinstance(fps, int | float | np.number) and np.isfinite(fps) and fps > 0):
         raise ValueError(f"fps must be > 0, got {fps}")
     if at_s is not None:
         times = np.asarray(at_s, dtype=np.float64)

@@ -141,10 +141,14 @@ def test_limits_bound_the_window_and_the_frames(media_dir, video_with_audio):
         ({"at_s": [1.0, 0.5]}, "non-decreasing"),
         ({"num_frames": 0}, "num_frames must be an integer >= 1"),
         ({"fps": float("inf")}, "fps must be > 0"),
+        ({"fps": "2"}, "fps must be > 0"),
+        ({"limits": "nan duration"}, "MediaLimits must be positive"),
     ],
 )
 def test_bad_windows_and_sampling(video_without_audio, kwargs, pattern):
     with pytest.raises(ValueError, match=pattern):
+        if kwargs.get("limits") == "nan duration":
+            kwargs = {"limits": MediaLimits(max_duration_s=float("nan"))}
         load_video(video_without_audio, **kwargs)
 
 
