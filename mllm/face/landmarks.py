@@ -166,9 +166,14 @@ class FaceDetector:
     # -- detection ------------------------------------------------------------------------------------------
 
     def search(
-        self, rgb: np.ndarray, stages: tuple[str, ...] | None = None, near: np.ndarray | None = None
+        self,
+        rgb: np.ndarray,
+        stages: tuple[str, ...] | None = None,
+        near: np.ndarray | None = None,
+        rotations: tuple[float, ...] = ROTATIONS_DEGREES,
     ) -> list[Detection]:
         """Run `stages` (default: the first stage only) in order until one finds a face; largest first.
+        `rotations`: the angles the `rotated` stage turns the frame by (a tracker alternates them, one per retry).
 
         `near`: a box where a face is expected. Only the region around it (twice its size each way) is searched,
         scaled so that such a face is about 1.2x dlib's window: a fraction of a full-frame search.
@@ -193,7 +198,7 @@ class FaceDetector:
             if name == "upsampled" and (scale < 1.0 or self.settings.upsample >= 2):
                 continue  # only a full-resolution search may look for faces smaller than asked for
             start = time.perf_counter()
-            found = self._run_stage(name, rgb, small, scale)
+            found = self._run_stage(name, rgb, small, scale, rotations)
             self.stage_seconds[name] += time.perf_counter() - start
             self.stage_runs[name] += 1
             found = [d for d in found if d.box[2] - d.box[0] > 1 and d.box[3] - d.box[1] > 1]
@@ -205,14 +210,16 @@ class FaceDetector:
                 return sorted(found, key=lambda d: -(d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
         return []
 
-    def _run_stage(self, name: str, rgb: np.ndarray, small: np.ndarray, scale: float) -> list[Detection]:
+    def _run_stage(
+        self, name: str, rgb: np.ndarray, small: np.ndarray, scale: float, rotations=ROTATIONS_DEGREES
+    ) -> list[Detection]:
         min_score, upsample = self.settings.min_score, self.settings.upsample
         if name in ("hog", "upsampled"):
             steps = upsample + (name == "upsampled")
             rects, scores, _ = self._detector.run(small, steps, min_score)
             return [Detection(_rect_box(r) / scale, float(s), name) for r, s in zip(rects, scores, strict=True)]
         if name == "rotated":
-            for degrees in ROTATIONS_DEGREES:
+            for degrees in rotations:
                 matrix, size = geometry.rotation_canvas(small.shape[1], small.shape[0], degrees)
                 rects, scores, _ = self._detector.run(geometry.warp(small, matrix, size), upsample, min_score)
                 back = geometry.invert(matrix)

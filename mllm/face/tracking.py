@@ -25,7 +25,15 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from mllm.face import geometry
-from mllm.face.landmarks import Detection, DetectorSettings, Face, FaceDetector, box_iou, enclosing_box
+from mllm.face.landmarks import (
+    ROTATIONS_DEGREES,
+    Detection,
+    DetectorSettings,
+    Face,
+    FaceDetector,
+    box_iou,
+    enclosing_box,
+)
 from mllm.face.regions import NUM_LANDMARKS
 
 _THUMB = 24
@@ -42,11 +50,11 @@ class TrackerSettings:
     reset_after_s: float = 3.0
     # While lost: search the whole frame at most every this many frames (frames further apart than
     # `lost_search_s` are always searched, so sparsely sampled clips lose nothing).
-    lost_search_every: int = 5
-    lost_search_s: float = 0.2
+    lost_search_every: int = 8
+    lost_search_s: float = 0.3
     # With detector="auto": the rotated retries once the subject has been lost `fallback_after_s` (then at most
-    # every `fallback_every_s`), dlib's CNN after `cnn_after_s` and at most once every `cnn_every_s` (one CNN pass
-    # costs about as much as tracking 500 frames).
+    # every `fallback_every_s`, turning the frame one way, then the other), dlib's CNN after `cnn_after_s` and at
+    # most once every `cnn_every_s` (one CNN pass costs about as much as tracking 500 frames).
     fallback_after_s: float = 1.0
     fallback_every_s: float = 0.5
     cnn_after_s: float = 3.0
@@ -202,6 +210,7 @@ class SubjectTracker:
         self._last_search_s = -np.inf
         self._last_fallback_s = -np.inf
         self._last_cnn_s = -np.inf
+        self._retries = 0  # rotated retries so far: they alternate between the two angles
 
     def _stages(self) -> tuple[str, ...]:
         """The search for a lost subject: the first stage, plus the costlier retries once lost for a while."""
@@ -226,7 +235,10 @@ class SubjectTracker:
         self._since_detect = 0
         self._last_search_s = self._t
         if hits is None:
-            hits = self.detector.search(rgb, self._stages())
+            stages = self._stages()
+            angle = ROTATIONS_DEGREES[self._retries % len(ROTATIONS_DEGREES)]
+            self._retries += "rotated" in stages
+            hits = self.detector.search(rgb, stages, rotations=(angle,))
         if not hits:
             return False
         if self._last_box is not None and self._t - self._last_seen_s > self.settings.reset_after_s:

@@ -120,16 +120,16 @@ def _moving(rgb: np.ndarray, n: int) -> np.ndarray:
 
 def test_tracker_retries_a_lost_subject_with_the_cascade_and_tracks_the_tilted_head(photos):
     """Every frame shows the tilted, brow-covered face that HOG misses. After `fallback_after_s` lost, the rotated
-    search finds it, and roll-aware tracking holds it from there on."""
-    frames = _moving(synthetic.face_variants(photos["lfw001"])["tilted 20 + brow"], 50)
-    times = np.arange(50) / 25.0
+    search finds it (one angle per retry, alternating), and roll-aware tracking holds it from there on."""
+    frames = _moving(synthetic.face_variants(photos["lfw001"])["tilted 20 + brow"], 75)
+    times = np.arange(75) / 25.0
     settings = TrackerSettings(detector=DetectorSettings(min_face_fraction=0.25, detector="hog"))
     assert not track_subject(frames, times, settings).found.any()
     detector = FaceDetector(DetectorSettings(min_face_fraction=0.25))
     track = track_subject(frames, times, TrackerSettings(detector=detector.settings), detector)
     first = int(np.argmax(track.found))
-    # Found once lost for a second (retried every half second); the few frames skipped just before are backfilled.
-    assert 0.8 <= times[first] <= 1.6
+    # Found once lost for a second (retried every half second or so); the frames skipped just before are backfilled.
+    assert 0.6 <= times[first] <= 2.6
     assert track.found[first:].all()
     assert detector.stage_runs["rotated"] >= 1 and detector.stage_runs["cnn"] == 0
     rolls = [roll_degrees(p) for p in track.landmarks_68[track.found]]
