@@ -346,13 +346,16 @@ class SubjectTracker:
             raise ValueError(f"frame size changed from {self._frame_size} to {rgb.shape[:2]} within one clip")
         self._since_detect += 1
         if self._box is not None:
-            followed = self._follow(rgb, self._box)
-            if followed is not None and self._since_detect < self.settings.redetect_every:
+            due = self._since_detect >= self.settings.redetect_every
+            followed = None if due else self._follow(rgb, self._box)
+            if followed is not None:
                 self._hold(*followed)
                 return
             # Time to re-detect, or tracking failed: look around the subject first (cheap).
             if self._accept_detection(rgb, self.detector.search(rgb, near=self._box)):
                 return
+            if due:
+                followed = self._follow(rgb, self._box)
             if followed is not None:
                 # The detector misses a face that tracking still holds (a pose only a retry stage found): keep it.
                 self._since_detect = 0
