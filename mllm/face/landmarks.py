@@ -173,10 +173,10 @@ class FaceDetector:
         rotations: tuple[float, ...] = ROTATIONS_DEGREES,
     ) -> list[Detection]:
         """Run `stages` (default: the first stage only) in order until one finds a face; largest first.
-        `rotations`: the angles the `rotated` stage turns the frame by (a tracker alternates them, one per retry).
 
         `near`: a box where a face is expected. Only the region around it (twice its size each way) is searched,
         scaled so that such a face is about 1.2x dlib's window: a fraction of a full-frame search.
+        `rotations`: the angles the `rotated` stage turns the frame by (a tracker alternates them, one per retry).
         """
         self.detect_calls += 1
         stages = stages or (self.settings.first_stage,)

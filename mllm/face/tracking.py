@@ -9,12 +9,12 @@ to another person. After a loss the subject is re-acquired near where it was las
 face widths, at a similar size); after `reset_after_s` seconds lost, the largest face counts as the subject again.
 
 While the subject is lost the whole frame is searched at most every `lost_search_every` frames; the frames skipped
-in between are held (a few at most) and, once the subject is found again, tracked backwards from there, so the
-skipping saves detector runs without losing frames. A subject lost for `fallback_after_s` also gets the cascade's
+in between are held (a few at most) and, once a face is found again, it is followed backwards through them (tracked,
+or re-detected around its box) and judged as the subject where it first shows, so the skipping saves detector runs
+without losing frames. A subject lost for `fallback_after_s` also gets the cascade's
 costlier retries (the frame turned by +-25 degrees, every `fallback_every_s`; after `cnn_after_s`, dlib's CNN, at
 most once every `cnn_every_s`). A tilted head is tracked upright: past 10 degrees of roll the predictor sees a patch
-turned level.
-Short gaps are interpolated; long gaps stay marked as lost.
+turned level. Short gaps are interpolated; long gaps stay marked as lost.
 """
 
 from __future__ import annotations
