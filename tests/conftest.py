@@ -104,3 +104,25 @@ def tiny_processor(tiny_dir):
 def video_no_face(media_dir):
     frames = synthetic.face_frames(25, absent=range(25))
     return synthetic.write_video(media_dir / "noface.mp4", frames, fps=FPS, audio=synthetic.tone(300, 1.0))
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_onevision_dir(tmp_path_factory):
+    from mllm.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny_llava_onevision")
+    make_tiny(root, base="llava_onevision")
+    return root
+
+
+@pytest.fixture(scope="session", params=["internvl", "llava_onevision"])
+def tiny_base_dir(request):
+    """The tiny checkpoint folder of each supported base."""
+    return request.getfixturevalue("tiny_dir" if request.param == "internvl" else "tiny_llava_onevision_dir")
+
+
+@pytest.fixture(scope="session")
+def tiny_base_processor(tiny_base_dir):
+    from mllm.processor import EmoReasonProcessor
+
+    return EmoReasonProcessor.from_pretrained(tiny_base_dir / "emoreason")

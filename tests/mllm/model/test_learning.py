@@ -1,5 +1,8 @@
-"""Learning tests: the tiny model, briefly trained, learns a label carried only by the audio, or only by the face
-geometry; with that pathway cut, it is at chance (the two classes then look identical to the model)."""
+"""Learning tests: the tiny model of each base, briefly trained, learns a label carried only by the audio, or only by
+the face geometry; with that pathway cut, it is at chance (the two classes then look identical to the model).
+
+Each runs on 3 seeds, and must pass with every CPU kernel set (run them under ATEN_CPU_CAPABILITY=default and =avx2
+too: CI machines differ)."""
 
 import numpy as np
 import pytest
@@ -13,7 +16,8 @@ from mllm.model import EmoReasonForConditionalGeneration
 
 LABELS = ("Sadness", "Happiness")
 STEPS = 40
-FACE_STEPS = 600
+FACE_STEPS = 250
+SEEDS = [0, 1, 2]
 
 
 def _trainable_model(tiny_dir, seed=0):
@@ -70,9 +74,11 @@ def _tone(rng, label):
     return (tone + rng.normal(0, 0.02, t.shape)).astype(np.float32)
 
 
-def test_audio_only_label_is_learned_and_lost_without_the_audio_branch(tiny_dir, tiny_processor):
-    rng = np.random.default_rng(0)
-    model, peft_model = _trainable_model(tiny_dir)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_audio_only_label_is_learned_and_lost_without_the_audio_branch(tiny_base_dir, tiny_base_processor, seed):
+    tiny_processor = tiny_base_processor
+    rng = np.random.default_rng(seed)
+    model, peft_model = _trainable_model(tiny_base_dir, seed=seed)
     train = []
     for _ in range(6):
         ys = rng.permutation([0, 1] * 4)
@@ -120,10 +126,14 @@ def _mouth(landmarks_01: np.ndarray, open_mouth: bool, rng) -> np.ndarray:
     return np.clip(points, 0, 1).astype(np.float32)
 
 
-def test_face_geometry_label_is_learned_and_lost_without_face_attention(tiny_dir, tiny_processor, astronaut_png):
+@pytest.mark.parametrize("seed", SEEDS)
+def test_face_geometry_label_is_learned_and_lost_without_face_attention(
+    tiny_base_dir, tiny_base_processor, astronaut_png, seed
+):
     assert set(INNER_LIPS) and set(OUTER_LIPS)  # the regions the task lives in
-    rng = np.random.default_rng(1)
-    model, peft_model = _trainable_model(tiny_dir, seed=1)
+    tiny_processor = tiny_base_processor
+    rng = np.random.default_rng(seed)
+    model, peft_model = _trainable_model(tiny_base_dir, seed=seed)
     face = image_faces(astronaut_png, cache=False)[0]
     template = align_face(synthetic.astronaut(), face.landmarks_68, size=64).landmarks_01
     part = {"type": "image", "image": str(astronaut_png)}
@@ -151,8 +161,8 @@ def test_face_geometry_label_is_learned_and_lost_without_face_attention(tiny_dir
     eval_points = [_mouth(template, bool(y), rng) for y in truth]
     candidates = [[with_landmarks(base[label], [p]) for label in LABELS] for p in eval_points]
 
-    # The face pathway starts near identity (gate 0.01), so the model first learns the label prior and only then,
-    # after a few hundred steps, the geometry: train long enough to get past that plateau.
+    # The face pathway starts near identity (gate 0.01): the model first learns the label prior, then the geometry
+    # (after 100-150 steps with region tokens that describe each region's own shape; 350 to over 600 before).
     losses = _train(peft_model, train, steps=FACE_STEPS)
     assert np.mean(losses[-6:]) < np.mean(losses[:6]) * 0.5
     assert _accuracy(peft_model, candidates, truth) >= 0.9
