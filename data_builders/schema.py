@@ -7,8 +7,6 @@ validity mask each, so evaluation can map clip predictions back to every annotat
 from __future__ import annotations
 
 import json
-import os
-import stat
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -143,7 +141,6 @@ def write_dataset(samples: list[Sample], out: str | Path, files: dict[str, str] 
         }
     )
     with atomic_dir(out) as tmp:
-        os.chmod(tmp, stat.S_IMODE(out.stat().st_mode))  # the claimed folder's mode (umask), not mkdtemp's 0700
         dataset.save_to_disk(str(tmp))
         for name, text in {MARKER: (out / MARKER).read_text(encoding="utf-8"), **(files or {})}.items():
             (tmp / name).write_text(text, encoding="utf-8")

@@ -121,6 +121,12 @@ def claim_output_dir(path: str | os.PathLike, protect: Iterable[str | os.PathLik
     return out
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def _tmp_name(final: Path) -> str:
     return f".{final.name}{TMP_TAG}{os.getpid()}-"
 
@@ -131,6 +137,7 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
     final = Path(final)
     fd, tmp = tempfile.mkstemp(prefix=_tmp_name(final), dir=final.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions of any new file
     try:
         yield Path(tmp)
         os.replace(tmp, final)
@@ -140,11 +147,10 @@ def atomic_path(final: str | os.PathLike) -> Iterator[Path]:
 
 
 def atomic_write_bytes(final: str | os.PathLike, data: bytes) -> None:
-    with atomic_path(final) as tmp:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+    with atomic_path(final) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_text(final: str | os.PathLike, text: str) -> None:
@@ -158,6 +164,7 @@ def atomic_dir(final: str | os.PathLike) -> Iterator[Path]:
     owns (inside a claimed output folder)."""
     final = Path(final)
     tmp = Path(tempfile.mkdtemp(prefix=_tmp_name(final), dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
     try:
         yield tmp
         if final.exists():

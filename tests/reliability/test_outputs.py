@@ -88,3 +88,14 @@ def test_litter_of_a_killed_run_is_removed_and_a_half_swapped_folder_restored(tm
     assert removed
     assert sorted(p.name for p in out.iterdir()) == sorted([MARKER, "data", "data.json"])
     assert (out / "data" / "v").read_text() == "1"
+
+
+def test_outputs_get_ordinary_permissions(tmp_path):
+    out = claim_output_dir(tmp_path / "out")
+    atomic_write_text(out / "a.json", "{}")
+    with atomic_dir(out / "d") as tmp:
+        (tmp / "x").write_text("1")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (out / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert (out / "d").stat().st_mode & 0o777 == 0o777 & ~mask
