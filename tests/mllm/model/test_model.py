@@ -13,27 +13,6 @@ TOKENS_PER_IMAGE = 4  # tiny bases: 64 px images, 16 px patches; pixel shuffle 0
 BASES = ("internvl", "llava_onevision")
 
 
-def built_tiny(tmp_path_factory, base: str) -> Path:
-    """One tiny checkpoint of `base` per session, whichever test module asks first (test_parity imports this)."""
-    from mllm.tiny import make_tiny
-
-    root = tmp_path_factory.getbasetemp() / f"tiny-{base}"
-    if not (root / "sample.mp4").exists():  # make-tiny writes it last
-        make_tiny(root, base=base)
-    return root
-
-
-@pytest.fixture(scope="session")
-def tiny_llava_onevision_dir(tmp_path_factory):
-    return built_tiny(tmp_path_factory, "llava_onevision")
-
-
-@pytest.fixture(scope="session", params=BASES)
-def tiny_base_dir(request):
-    """The tiny checkpoint folder of each supported base (InternVL's is the session's `tiny_dir`)."""
-    return request.getfixturevalue("tiny_dir" if request.param == "internvl" else f"tiny_{request.param}_dir")
-
-
 def user(*parts):
     return [{"role": "user", "content": [*parts, {"type": "text", "text": "Which emotion?"}]}]
 
@@ -290,7 +269,6 @@ def test_limits_are_validated_and_cut_the_video_window(tiny_processor, video_wit
 
 def test_face_cache_entries_follow_the_decoded_window(tiny_processor, video_without_audio):
     import os
-    from pathlib import Path
 
     cache = Path(os.environ["EMOREASON_CACHE"]) / "faces"
     before = set(cache.rglob("*.npz"))

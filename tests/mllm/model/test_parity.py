@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mllm.export import convert_lora_adapter, export_language_model, language_model_lora_config
-from tests.mllm.model.test_model import BASES, built_tiny
+from tests.mllm.model.test_model import BASES
 
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 vllm = pytest.importorskip("vllm")
@@ -19,13 +19,13 @@ MAX_NEW_TOKENS = 12
 
 
 @pytest.fixture(scope="module", params=BASES)
-def base(request, tmp_path_factory):
+def base(request):
     """(tiny checkpoint folder, processor) of each supported base; InternVL's is the session's `tiny_dir`."""
     from mllm.processor import EmoReasonProcessor
 
     if request.param == "internvl":
         return request.getfixturevalue("tiny_dir"), request.getfixturevalue("tiny_processor")
-    root = built_tiny(tmp_path_factory, request.param)
+    root = request.getfixturevalue(f"tiny_{request.param}_dir")
     return root, EmoReasonProcessor.from_pretrained(root / "emoreason")
 
 
