@@ -193,7 +193,9 @@ class FaceDetector:
             rgb = rgb[y_off : int(min(height, near[3] + side)), x_off : int(min(width, near[2] + side))]
             scale = min(1.0, 1.2 * DLIB_WINDOW_PX / max(side, 1.0))
             offset = np.array([x_off, y_off], dtype=np.float64)
-        small = _resize(rgb, scale)
+        # dlib's detectors misread arrays that are not C-contiguous (a region cut from a frame, or a decoded frame
+        # whose rows are padded: 426 px wide video) and find nothing in them; copy those (cheap, and rare).
+        small = np.ascontiguousarray(_resize(rgb, scale))
         for name in stages:
             if name == "upsampled" and (scale < 1.0 or self.settings.upsample >= 2):
                 continue  # only a full-resolution search may look for faces smaller than asked for

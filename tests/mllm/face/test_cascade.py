@@ -4,14 +4,22 @@ import numpy as np
 import pytest
 
 from mllm import synthetic
-from mllm.face import DetectorSettings, FaceCache, FaceDetector, TrackerSettings, image_faces, track_subject
+from mllm.face import (
+    DetectorSettings,
+    FaceCache,
+    FaceDetector,
+    TrackerSettings,
+    image_faces,
+    track_subject,
+    video_face_track,
+)
 from mllm.face.geometry import apply, roll_degrees, rotation
-from mllm.face.landmarks import eye_centres
+from mllm.face.landmarks import box_iou, eye_centres
 
 
 @pytest.fixture(scope="module")
 def photos():
-    return {p.name: p for p in synthetic.face_photos(lfw=2)}
+    return {p.name: p for p in synthetic.face_photos(lfw=23)}
 
 
 def _detector(detector="auto", **kwargs):
@@ -69,6 +77,23 @@ def test_rotated_stage_maps_landmarks_back_accurately(photos, degrees):
     face = detector.face_from(rgb, hit)
     assert _error(face.landmarks_68, truth) < 0.06
     assert roll_degrees(face.landmarks_68) == pytest.approx(-degrees + roll_degrees(upright), abs=5)
+
+
+@pytest.mark.parametrize(
+    "name, variant, stage",
+    [
+        ("astronaut", "three-quarter", "hog"),
+        ("lfw021", "three-quarter", "rotated"),
+        ("lfw022", "three-quarter", "upsampled"),
+        ("lfw002", "tilted -25", "rotated"),
+    ],
+)
+def test_each_pose_is_found_by_the_cheapest_stage_that_can(photos, name, variant, stage):
+    photo = photos[name]
+    detector = _detector()
+    (face,) = detector.detect(synthetic.face_variants(photo)[variant])
+    assert face.stage == stage and _inside(face, photo.box)
+    assert sum(detector.stage_runs.values()) == 1 + ("hog", "rotated", "upsampled").index(stage)
 
 
 def test_covered_brow_found_by_upsampling_at_full_resolution_only(photos):
@@ -178,3 +203,21 @@ def test_subject_walking_back_into_shot_is_found_as_soon_as_searching_every_fram
     sparse = track_subject(frames, times, TrackerSettings(max_gap_s=0))
     assert dense.found[:10].all() and dense.found[50:].all() and not dense.found[20:34].any()
     np.testing.assert_array_equal(sparse.found, dense.found)
+
+
+def test_frames_that_are_not_contiguous_are_searched_like_any_other(media_dir):
+    """dlib's detectors misread arrays whose rows are not packed (a region cut from a frame; a decoded frame of a
+    426 px wide video, whose rows FFmpeg pads) and find nothing; the detector hands them over packed."""
+    canvas = np.zeros((700, 900, 3), np.uint8)
+    canvas[100:612, 200:712] = synthetic.astronaut()
+    view = canvas[100:612, 200:712]
+    assert not view.flags["C_CONTIGUOUS"]
+    (face,) = _detector("hog").detect(view)
+    assert 150 < (face.box[0] + face.box[2]) / 2 < 260
+    # A region search around a face under 96 px runs at full scale on a cut of the frame: it finds the face there.
+    (hit,) = FaceDetector().search(canvas, near=np.array([379.0, 183.0, 466.0, 270.0]))
+    assert box_iou(hit.box, np.array([379.0, 183.0, 466.0, 270.0])) > 0.7
+    frames = synthetic.face_frames(12, size=(240, 426), face_height_fraction=0.8)
+    video = synthetic.write_video(media_dir / "w426.mp4", frames, fps=25)
+    track = video_face_track(video, cache=False)  # streamed: frames straight from the decoder, rows padded
+    assert track.found.all()
