@@ -355,7 +355,7 @@ def three_quarter(rgb: np.ndarray, box: np.ndarray, squeeze: float = 0.55) -> np
             far + (x - far_out) * (width - 1 - far) / max(1.0, width - 1 - far_out),
         ),
     )
-    return rgb[:, np.clip(np.round(source).astype(int), 0, width - 1)]
+    return np.ascontiguousarray(rgb[:, np.clip(np.round(source).astype(int), 0, width - 1)])
 
 
 def face_variants(photo: FacePhoto) -> dict[str, np.ndarray]:
