@@ -19,15 +19,11 @@ conversation, message and content part, and the file.
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 import os
 from dataclasses import dataclass, field
-from numbers import Integral, Real
 from pathlib import Path
-from typing import NoReturn
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
@@ -53,38 +49,26 @@ from mllm.media import (
     load_video,
     probe_video,
 )
+from mllm.parts import (
+    PART_KEYS,
+    PART_MEDIA,
+    ROLES,
+    ProcessorInputError,
+    as_conversations,
+    checked_text,
+    frame_numbers,
+    frame_times,
+    is_number,
+    part_source,
+    refuse,
+    seconds_field,
+    spread_positions,
+)
 
 PROCESSOR_FILE = "emoreason_processor.json"
-ROLES = ("system", "user", "assistant")
-# Content part type -> the media it carries, and the keys such a part may hold besides "type".
-PART_MEDIA = {
-    "text": "text",
-    "image": "image",
-    "image_url": "image",
-    "video": "video",
-    "video_url": "video",
-    "audio": "audio",
-    "audio_url": "audio",
-    "input_audio": "audio",
-}
-PART_KEYS = {
-    "text": {"text"},
-    "image": {"image", "image_url"},
-    "video": {"video", "video_url", "frames", "frame_indices", "start_s", "end_s"},
-    "audio": {"audio", "audio_url", "input_audio", "start_s", "end_s"},
-}
-PLACEHOLDER_TOKENS = (IMAGE_START, IMAGE_END, IMAGE_CONTEXT, *AUDIO_PLACEHOLDERS)
 # Wav2Vec2's convolutional feature encoder (kernels 10,3,3,3,3,2,2, strides 5,2,2,2,2,2,2) needs 400 samples
 # (25 ms at 16 kHz) for one output frame; shorter audio would crash its last convolution.
 DEFAULT_MIN_AUDIO_SAMPLES = 400
-
-
-class ProcessorInputError(ValueError):
-    """A conversation the processor cannot use as given. The message says where: conversation, message, part."""
-
-
-def _fail(reason: str) -> NoReturn:
-    raise ProcessorInputError(reason)
 
 
 def receptive_field(audio_config: dict) -> int:
@@ -127,161 +111,6 @@ class _Media:
 class _Limits:
     frames: int
     seconds: float
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reading content parts
-
-
-def _url_source(url: str) -> bytes | str:
-    """A path, a `file://` URL or a base64 `data:` URL -> a path or bytes."""
-    if url.startswith("data:"):
-        header, sep, payload = url.partition(",")
-        if not sep or not header.endswith(";base64"):
-            _fail("a data: URL must be base64 (data:<type>;base64,<data>)")
-        try:
-            data = base64.b64decode(payload, validate=True)
-        except ValueError:
-            _fail("malformed base64 data URL in a media part")
-        if not data:
-            _fail("the data: URL holds no data")
-        return data
-    if url.startswith("file://"):
-        parsed = urlparse(url)
-        if parsed.netloc not in ("", "localhost"):
-            _fail(f"file:// URLs must name a local file, got host {parsed.netloc!r}")
-        return unquote(parsed.path)
-    if "://" in url:
-        _fail(f"only local paths, file:// and data: URLs are accepted, got {url[:40]!r}")
-    if not url:
-        _fail("names no media (an empty string)")
-    return url
-
-
-def _part_source(part: dict, kind: str):
-    """The media a content part names: a path, bytes, or (images, audio) an in-memory array."""
-    url_key = f"{kind}_url"
-    keys = [k for k in (kind, url_key, "input_audio" if kind == "audio" else None) if k and k in part]
-    if len(keys) > 1:
-        _fail(f"give one of {keys}, not several")
-    if not keys:
-        _fail(f"content part of type {part.get('type')!r} has no {kind!r} or {url_key!r} field")
-    key = keys[0]
-    value = part[key]
-    if key == "input_audio":
-        if not isinstance(value, dict) or not isinstance(value.get("data"), str):
-            _fail("input_audio must be {'data': <base64>, 'format': 'wav' | 'mp3' | ...}")
-        try:
-            data = base64.b64decode(value["data"], validate=True)
-        except ValueError:
-            _fail("input_audio data is not valid base64")
-        if not data:
-            _fail("input_audio holds no data")
-        return data
-    if key == url_key:
-        if isinstance(value, dict):
-            extra = set(value) - {"url", "detail"}
-            if extra:
-                _fail(f"unknown key(s) {sorted(extra)} in {url_key}; it takes 'url' (and 'detail')")
-            if "url" not in value:
-                _fail(f"{url_key} has no 'url'")
-            value = value["url"]
-        if not isinstance(value, str):
-            _fail(f"{url_key} must be a URL string or {{'url': <string>}}, got {type(value).__name__}")
-        return _url_source(value)
-    if isinstance(value, str):
-        return _url_source(value)
-    if isinstance(value, os.PathLike):
-        return _url_source(os.fspath(value))
-    if isinstance(value, bytes | bytearray):
-        if not value:
-            _fail("names no media (empty bytes)")
-        return bytes(value)
-    if kind != "video" and isinstance(value, np.ndarray):
-        return value
-    if kind == "image" and type(value).__module__.startswith("PIL."):
-        return value
-    arrays = ", a numpy array" if kind == "audio" else (", a numpy array or a PIL image" if kind == "image" else "")
-    article = "an" if kind in ("image", "audio") else "a"
-    _fail(f"{article} {kind} part takes a path, a file:// or data: URL, bytes{arrays}; got {type(value).__name__}")
-
-
-def _seconds(part: dict, key: str) -> float | None:
-    value = part.get(key)
-    if value is None:
-        return None
-    if not _is_number(value) or not math.isfinite(value) or value < 0:
-        _fail(f"{key} must be a number of seconds >= 0, got {value!r}")
-    return float(value)
-
-
-def _is_number(value, integral: bool = False) -> bool:
-    """A real number (numpy's included), not a bool."""
-    if isinstance(value, bool | np.bool_):
-        return False
-    return isinstance(value, Integral if integral else Real)
-
-
-def _frame_numbers(value, count: int | None) -> np.ndarray:
-    """`frame_indices`: 1-based frame numbers, strictly increasing (and as many as `frames`, when given)."""
-    if not isinstance(value, list | tuple) or not value:
-        _fail(f"frame_indices must be a non-empty list of frame numbers, got {value!r}"[:200])
-    if not all(_is_number(v, integral=True) for v in value):
-        _fail("frame_indices must be integers (1-based frame numbers)")
-    try:
-        numbers = np.asarray(value, dtype=np.int64)
-    except OverflowError:
-        _fail("frame_indices hold a number too large for a frame number")
-    if numbers.min() < 1 or (np.diff(numbers) <= 0).any():
-        _fail("frame_indices must be 1-based frame numbers in increasing order")
-    if count is not None and len(numbers) != count:
-        _fail(f"frames lists {count} images but frame_indices has {len(numbers)} numbers")
-    return numbers
-
-
-def _checked_text(text: str) -> str:
-    found = [t for t in PLACEHOLDER_TOKENS if t in text]
-    if found:
-        _fail(f"text may not contain the placeholder tokens {found}; media go in image, video or audio parts")
-    return text
-
-
-def _conversations(conversations) -> list:
-    """A batch of conversations, or one conversation (a list of message dicts), as a list of conversations."""
-    if not isinstance(conversations, list | tuple):
-        _fail(
-            "conversations must be a list of conversations (each a list of messages) or one conversation, "
-            f"got {type(conversations).__name__}"
-        )
-    if not conversations:
-        _fail("no conversations to process")
-    if isinstance(conversations[0], dict):
-        conversations = [conversations]
-    for c, messages in enumerate(conversations):
-        if not isinstance(messages, list | tuple) or not messages:
-            _fail(f"conversation {c}: a conversation is a non-empty list of messages, got {messages!r}"[:300])
-    return list(conversations)
-
-
-def _frame_times(source, numbers: np.ndarray, info) -> np.ndarray:
-    """When 1-based frame numbers play in a video (frame n at (n - 1) / fps); numbers past its end are refused."""
-    name = source if isinstance(source, str) else "<bytes>"
-    if not info.average_fps:
-        _fail(f"{name}: declares no frame rate, so frame_indices cannot be placed in time")
-    times = (numbers - 1) / info.average_fps
-    if info.duration_s is not None and times[-1] >= info.duration_s:
-        _fail(
-            f"{name}: frame_indices reach frame {numbers[-1]} ({times[-1]:.2f}s) but the video lasts "
-            f"{info.duration_s:.2f}s (about {round(info.duration_s * info.average_fps)} frames)"
-        )
-    return times
-
-
-def _spread(n: int, k: int) -> list[int]:
-    """k positions spread evenly over n items (the centre of each of k equal parts); all of them when n <= k."""
-    if n <= k:
-        return list(range(n))
-    return [int((j + 0.5) * n / k) for j in range(k)]
 
 
 class EmoReasonProcessor:
@@ -456,14 +285,14 @@ class EmoReasonProcessor:
         return self._audio_tokens(samples)
 
     def _audio(self, part: dict, media: _Media, limits: _Limits) -> str:
-        source = _part_source(part, "audio")
-        start_s, end_s = _seconds(part, "start_s"), _seconds(part, "end_s")
+        source = part_source(part, "audio")
+        start_s, end_s = seconds_field(part, "start_s"), seconds_field(part, "end_s")
         if isinstance(source, np.ndarray):
             samples = audio_from_array(source)
             first = int(round((start_s or 0.0) * AUDIO_SAMPLE_RATE))
             last = None if end_s is None else int(round(end_s * AUDIO_SAMPLE_RATE))
             if first >= len(samples) or (last is not None and last <= first):
-                _fail(f"<array>: empty time window [{start_s}, {end_s}] of {len(samples)} samples")
+                refuse(f"<array>: empty time window [{start_s}, {end_s}] of {len(samples)} samples")
             return self._add_audio(media, samples[first:last], "<array>", limits.seconds)
         start = start_s or 0.0
         end = start + limits.seconds if end_s is None else min(end_s, start + limits.seconds)
@@ -472,16 +301,16 @@ class EmoReasonProcessor:
 
     def _video(self, part: dict, media: _Media, limits: _Limits) -> str:
         frames = part.get("frames")
-        start_s, end_s = _seconds(part, "start_s"), _seconds(part, "end_s")
+        start_s, end_s = seconds_field(part, "start_s"), seconds_field(part, "end_s")
         if frames is not None:
             if start_s is not None or end_s is not None:
-                _fail("a frames list is placed in time by its frame_indices, not start_s/end_s")
+                refuse("a frames list is placed in time by its frame_indices, not start_s/end_s")
             return self._crop_frames(part, frames, media, limits)
-        source = _part_source(part, "video")
+        source = part_source(part, "video")
         if "frame_indices" in part:
             if start_s is not None or end_s is not None:
-                _fail("give frame_indices or a start_s/end_s window, not both")
-            return self._video_frames_at(source, _frame_numbers(part["frame_indices"], None), media, limits)
+                refuse("give frame_indices or a start_s/end_s window, not both")
+            return self._video_frames_at(source, frame_numbers(part["frame_indices"], None), media, limits)
         return self._video_window(source, start_s, end_s, media, limits)
 
     def _video_window(self, source, start_s, end_s, media: _Media, limits: _Limits) -> str:
@@ -500,10 +329,10 @@ class EmoReasonProcessor:
     def _video_frames_at(self, source, numbers: np.ndarray, media: _Media, limits: _Limits) -> str:
         """Frames chosen by number (1-based: frame n plays at (n - 1) / fps), and the audio they span."""
         info = probe_video(source)
-        times = _frame_times(source, numbers, info)
+        times = frame_times(source, numbers, info)
         inside = times < times[0] + limits.seconds  # the request's seconds bound the span used
         numbers, times = numbers[inside], times[inside]
-        picked = times[_spread(len(times), limits.frames)]
+        picked = times[spread_positions(len(times), limits.frames)]
         start, end = float(times[0]), float(times[-1] + 1.0 / info.average_fps)
         clip = load_video(source, at_s=picked, start_s=start, end_s=end)
         track = self._track_at(source, clip, picked)
@@ -543,26 +372,26 @@ class EmoReasonProcessor:
         from mllm.face.crops import crop_landmarks
 
         if not isinstance(frames, list | tuple) or not frames:
-            _fail("frames must be a non-empty list of image paths")
+            refuse("frames must be a non-empty list of image paths")
         if not all(isinstance(f, str | os.PathLike) and os.fspath(f) for f in frames):
-            _fail("frames must be image paths (strings)")
+            refuse("frames must be image paths (strings)")
         video = part.get("video", part.get("video_url", ""))
         has_video = video not in ("", None)
         numbers = None
         if "frame_indices" in part:
-            numbers = _frame_numbers(part["frame_indices"], len(frames))
+            numbers = frame_numbers(part["frame_indices"], len(frames))
         elif has_video:
-            _fail("frames with a video need frame_indices to place them on the video's clock")
+            refuse("frames with a video need frame_indices to place them on the video's clock")
         fps, info, source = None, None, None
         positions = list(range(len(frames)))
         if has_video:
-            source = _part_source(part, "video")
+            source = part_source(part, "video")
             info = probe_video(source)
-            times = _frame_times(source, numbers, info)
+            times = frame_times(source, numbers, info)
             fps = info.average_fps
             positions = [i for i in positions if times[i] < times[0] + limits.seconds]
         lines = []
-        for k, i in enumerate(positions[j] for j in _spread(len(positions), limits.frames)):
+        for k, i in enumerate(positions[j] for j in spread_positions(len(positions), limits.frames)):
             path = os.fspath(frames[i])
             rgb = load_image(path)
             points = crop_landmarks(path, image=rgb, cache=self.face_cache)
@@ -582,48 +411,48 @@ class EmoReasonProcessor:
     def _render_part(self, part: dict, role: str, media: _Media, limits: _Limits) -> str:
         kind = part.get("type")
         if kind not in PART_MEDIA:
-            _fail(f"unknown content part type {kind!r}; valid: {', '.join(PART_MEDIA)}")
+            refuse(f"unknown content part type {kind!r}; valid: {', '.join(PART_MEDIA)}")
         what = PART_MEDIA[kind]
         unknown = set(part) - PART_KEYS[what] - {"type"}
         if unknown:
-            _fail(f"unknown key(s) {sorted(unknown)} in a {kind} part; valid: {sorted(PART_KEYS[what])}")
+            refuse(f"unknown key(s) {sorted(unknown)} in a {kind} part; valid: {sorted(PART_KEYS[what])}")
         if what == "text":
             text = part.get("text")
             if not isinstance(text, str):
-                _fail(f"a text part needs 'text' as a string, got {type(text).__name__}")
-            return _checked_text(text)
+                refuse(f"a text part needs 'text' as a string, got {type(text).__name__}")
+            return checked_text(text)
         if role != "user":
-            _fail(f"media parts belong in user messages, not {role} messages")
+            refuse(f"media parts belong in user messages, not {role} messages")
         if what == "image":
-            return self._image(_part_source(part, "image"), media)
+            return self._image(part_source(part, "image"), media)
         if what == "video":
             return self._video(part, media, limits)
         return self._audio(part, media, limits)
 
     def _render_message(self, message, where: str, media: _Media, limits: _Limits) -> dict:
         if not isinstance(message, dict):
-            _fail(f"{where}: a message must be a dict with 'role' and 'content', got {type(message).__name__}")
+            refuse(f"{where}: a message must be a dict with 'role' and 'content', got {type(message).__name__}")
         unknown = set(message) - {"role", "content"}
         if unknown:
-            _fail(f"{where}: unknown key(s) {sorted(unknown)} in a message; valid: role, content")
+            refuse(f"{where}: unknown key(s) {sorted(unknown)} in a message; valid: role, content")
         role = message.get("role")
         if role not in ROLES:
             got = "no 'role'" if "role" not in message else f"role {role!r}"
-            _fail(f"{where}: {got}; a message's role is one of {', '.join(ROLES)}")
+            refuse(f"{where}: {got}; a message's role is one of {', '.join(ROLES)}")
         content = message.get("content")
         if isinstance(content, str):
             try:
-                return {"role": role, "content": _checked_text(content)}
+                return {"role": role, "content": checked_text(content)}
             except ProcessorInputError as exc:
                 raise ProcessorInputError(f"{where}: {exc}") from None
         if not isinstance(content, list | tuple):
             got = "no 'content'" if "content" not in message else f"content of type {type(content).__name__}"
-            _fail(f"{where}: {got}; content is a string or a list of content parts")
+            refuse(f"{where}: {got}; content is a string or a list of content parts")
         pieces = []
         for index, part in enumerate(content):
             at = f"{where}, content part {index}"
             if not isinstance(part, dict):
-                _fail(f"{at}: a content part must be a dict like {{'type': 'text', 'text': ...}}, got {part!r}"[:300])
+                refuse(f"{at}: a content part must be a dict like {{'type': 'text', 'text': ...}}, got {part!r}"[:300])
             at += f" ({part.get('type')})"
             try:
                 pieces.append(self._render_part(part, role, media, limits))
@@ -636,13 +465,13 @@ class EmoReasonProcessor:
     def _request_limits(self, limits) -> _Limits:
         limits = {} if limits is None else limits
         if not isinstance(limits, dict):
-            _fail(f"limits take positive 'frames' and 'seconds', got {limits!r}")
+            refuse(f"limits take positive 'frames' and 'seconds', got {limits!r}")
         frames, seconds = limits.get("frames", self.frames_per_clip), limits.get("seconds", self.max_audio_seconds)
         unknown = set(limits) - {"frames", "seconds"}
-        bad_frames = not _is_number(frames, integral=True) or frames < 1
-        bad_seconds = not _is_number(seconds) or not seconds > 0
+        bad_frames = not is_number(frames, integral=True) or frames < 1
+        bad_seconds = not is_number(seconds) or not seconds > 0
         if unknown or bad_frames or bad_seconds or not math.isfinite(seconds):
-            _fail(f"limits take positive 'frames' (an integer) and 'seconds', got {limits}")
+            refuse(f"limits take positive 'frames' (an integer) and 'seconds', got {limits}")
         return _Limits(frames=min(int(frames), self.max_frames), seconds=min(float(seconds), self.max_audio_seconds))
 
     # ------------------------------------------------------------------------------------------------------------
@@ -663,10 +492,10 @@ class EmoReasonProcessor:
     ) -> dict:
         """Tokenise a batch of conversations. `return_labels`: labels are the assistant turns' tokens (the rest
         -100) and no generation prompt is added. `limits`: {"frames": N, "seconds": S} for this request."""
-        conversations = _conversations(conversations)
+        conversations = as_conversations(conversations)
         request = self._request_limits(limits)
         if padding_side not in ("left", "right"):
-            _fail(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+            refuse(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         ids, labels, all_media = [], [], _Media()
         for c, messages in enumerate(conversations):
             media = _Media()
