@@ -130,7 +130,12 @@ class EmoReasonProcessor:
         vision_input: str = "face_crop",
         face_cache: bool = True,
         min_audio_samples: int = DEFAULT_MIN_AUDIO_SAMPLES,
+        face_detector: str = "auto",
     ):
+        from mllm.face.landmarks import DETECTORS
+
+        if face_detector not in DETECTORS:
+            raise ValueError(f"face_detector must be one of {', '.join(DETECTORS)}; got {face_detector!r}")
         self.tokenizer = tokenizer
         self.image_size = int(image_size)
         self.image_mean = np.asarray(image_mean, dtype=np.float32).reshape(3, 1, 1)
@@ -145,6 +150,8 @@ class EmoReasonProcessor:
         self.vision_input = vision_input
         self.face_cache = face_cache
         self.min_audio_samples = int(min_audio_samples)
+        # hog (fast), cnn, or auto: HOG, then costlier retries where it finds nothing (mllm.face, the cascade).
+        self.face_detector = face_detector
 
     # ------------------------------------------------------------------------------------------------------------
     # Construction and persistence
@@ -188,6 +195,7 @@ class EmoReasonProcessor:
             "max_audio_tokens": self.max_audio_tokens,
             "vision_input": self.vision_input,
             "min_audio_samples": self.min_audio_samples,
+            "face_detector": self.face_detector,
         }
 
     def save_pretrained(self, directory) -> None:
@@ -255,12 +263,13 @@ class EmoReasonProcessor:
     def _image(self, source, media: _Media) -> str:
         from mllm.face import DetectorSettings, FaceDetector, image_faces
 
+        settings = DetectorSettings(min_face_fraction=0.0, detector=self.face_detector)
         if isinstance(source, str | bytes):
             rgb = load_image(source)
-            faces = image_faces(source, image=rgb, cache=self.face_cache)
+            faces = image_faces(source, settings=settings, image=rgb, cache=self.face_cache)
         else:  # an array or a picture in memory has no content hash to cache by
             rgb = image_from_array(source)
-            faces = FaceDetector(DetectorSettings(min_face_fraction=0.0)).detect(rgb)
+            faces = FaceDetector(settings).detect(rgb)
         return self._add_frame(media, rgb, faces[0].landmarks_68 if faces else None)
 
     def _image_tokens(self) -> str:
@@ -322,7 +331,13 @@ class EmoReasonProcessor:
         clip = load_video(source, num_frames=limits.frames, start_s=start_s, end_s=end)
         # Same sampling arguments as the decode: they are part of the face cache key.
         track = video_face_track(
-            source, num_frames=limits.frames, start_s=start_s, end_s=end, video=clip, cache=self.face_cache
+            source,
+            num_frames=limits.frames,
+            start_s=start_s,
+            end_s=end,
+            settings=self._tracker_settings(),
+            video=clip,
+            cache=self.face_cache,
         )
         return self._clip_text(clip, track, media, limits)
 
@@ -341,19 +356,28 @@ class EmoReasonProcessor:
     def _track_at(self, source, clip, times: np.ndarray):
         """The face track over frames sampled at given times, cached like `video_face_track`'s own results (its
         sampling arguments cannot express given times, so the cache key is made here)."""
-        from mllm.face import FaceCache, FaceTrack, TrackerSettings, content_hash, video_face_track
+        from mllm.face import FaceCache, FaceTrack, content_hash, video_face_track
 
+        settings = self._tracker_settings()
         if not self.face_cache:
-            return video_face_track(source, video=clip, cache=False)
+            return video_face_track(source, settings=settings, video=clip, cache=False)
         store = FaceCache()
         sampling = {"at_s": [round(float(t), 6) for t in times], "window_s": [round(w, 6) for w in clip.window_s]}
-        key = store.key(content_hash(source), kind="video", sampling=sampling, settings=TrackerSettings().to_dict())
+        key = store.key(content_hash(source), kind="video", sampling=sampling, settings=settings.to_dict())
         arrays = store.get(key)
         if arrays is not None and len(arrays.get("timestamps_s", ())) == len(clip):
             return FaceTrack.from_arrays(arrays)
-        track = video_face_track(source, video=clip, cache=False)
+        track = video_face_track(source, settings=settings, video=clip, cache=False)
         store.put(key, track.to_arrays())
         return track
+
+    def _tracker_settings(self):
+        from dataclasses import replace
+
+        from mllm.face import TrackerSettings
+
+        default = TrackerSettings()
+        return replace(default, detector=replace(default.detector, detector=self.face_detector))
 
     def _clip_text(self, clip, track, media: _Media, limits: _Limits) -> str:
         lines = []

@@ -166,3 +166,28 @@ def _photo(face: np.ndarray) -> np.ndarray:
     canvas = np.full((224, 224, 3), 90, np.uint8)
     canvas[56:168, 56:168] = face
     return canvas
+
+
+def test_processor_face_detector_setting_reaches_detection_and_round_trips(tiny_processor, tmp_path):
+    """`face_detector` (saved with the processor): `hog` misses a tilted face with a covered brow, `auto`'s cascade
+    finds it; an unknown value is refused."""
+    import copy
+
+    from mllm.processor import EmoReasonProcessor
+
+    photo = next(p for p in synthetic.face_photos(lfw=1) if p.name == "lfw000")
+    path = synthetic.write_image(tmp_path / "tilted.png", synthetic.face_variants(photo)["tilted 20 + brow"])
+    found = {}
+    for detector in ("hog", "auto"):
+        processor = copy.copy(tiny_processor)
+        processor.face_detector = detector
+        batch = processor([[{"role": "user", "content": [{"type": "image", "image": str(path)}]}]])
+        found[detector] = bool(batch["image_has_face"][0])
+    assert found == {"hog": False, "auto": True}
+
+    processor = copy.copy(tiny_processor)
+    processor.face_detector = "cnn"
+    processor.save_pretrained(tmp_path / "saved")
+    assert EmoReasonProcessor.from_pretrained(tmp_path / "saved").face_detector == "cnn"
+    with pytest.raises(ValueError, match="face_detector"):
+        EmoReasonProcessor.from_pretrained(tmp_path / "saved", face_detector="magic")
