@@ -276,10 +276,16 @@ class FaceDetector:
         """The 68 points (x, y) in pixels for the face in `box`. `roll` (degrees): the face's tilt; past a few
         degrees the predictor runs on a patch turned upright around the face, and the points are mapped back."""
         if abs(roll) < 1e-6:
-            rect = self._dlib.rectangle(
-                int(round(box[0])), int(round(box[1])), int(round(box[2])) - 1, int(round(box[3])) - 1
-            )
-            return self._points(self._predictor(rgb, rect))
+            # dlib's predictor costs in proportion to the image it is handed, not the face: give it the face with a
+            # half-box margin on each side (its pixel samples stay inside it; the points are the same as on the
+            # whole frame), about half the cost of a 640x360 frame.
+            x0, y0, x1, y1 = (int(round(v)) for v in box)
+            margin = max(x1 - x0, y1 - y0) // 2 + 8
+            height, width = rgb.shape[:2]
+            cx0, cy0 = max(0, x0 - margin), max(0, y0 - margin)
+            region = np.ascontiguousarray(rgb[cy0 : min(height, y1 + margin), cx0 : min(width, x1 + margin)])
+            rect = self._dlib.rectangle(x0 - cx0, y0 - cy0, x1 - cx0 - 1, y1 - cy0 - 1)
+            return self._points(self._predictor(region, rect)) + np.array([cx0, cy0], np.float32)
         centre = (np.asarray(box[:2], np.float64) + box[2:]) / 2
         size = np.maximum(np.asarray(box[2:], np.float64) - box[:2], 1.0)
         zoom = min(1.0, 320.0 / size.max())  # the predictor needs no more than about 300 px of face

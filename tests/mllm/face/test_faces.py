@@ -192,3 +192,19 @@ def test_truncated_video_raises_through_the_decode_thread_and_caches_nothing(med
         video_face_track(cut, cache=cache, progress=seen.append)
     assert seen and seen[-1] < 150  # frames before the cut were processed, then the error surfaced
     assert not list((tmp_path / "cache").rglob("*.npz"))
+
+
+def test_landmarks_on_the_cut_out_face_equal_those_on_the_whole_image():
+    """The predictor is handed only the face and a margin (half the cost); its points must not move."""
+    import dlib
+
+    from mllm.face import FaceDetector
+
+    detector = FaceDetector()
+    rgb = synthetic.astronaut()
+    face = detector.detect(rgb)[0]
+    for shift in (0.0, 3.3, -7.6):  # boxes as tracking hands them over: off the detector's grid
+        box = face.box + shift
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
+        whole = detector._points(detector._predictor(rgb, dlib.rectangle(x0, y0, x1 - 1, y1 - 1)))
+        np.testing.assert_array_equal(detector.landmarks(rgb, box), whole)
