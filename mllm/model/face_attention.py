@@ -12,6 +12,11 @@ from mllm.face.regions import LEFT_EYE, REGIONS, RIGHT_EYE
 REGION_INDICES = [list(r) for r in REGIONS.values()]
 
 
+def region_centroids(landmarks_01: torch.Tensor) -> torch.Tensor:
+    """(F, 68, 2) -> (F, 9, 2): the mean point of each region."""
+    return torch.stack([landmarks_01[:, idx].mean(1) for idx in REGION_INDICES], dim=1)
+
+
 class FaceRegionGuidedAttention(nn.Module):
     """One token per region (a linear layer per region over that region's own shape and its place in the face)
     plus a global token (a linear layer over where the regions sit); each frame's visual tokens attend to that
@@ -51,7 +56,7 @@ class FaceRegionGuidedAttention(nn.Module):
         right_eye = landmarks_01[:, list(RIGHT_EYE)].mean(1)
         left_eye = landmarks_01[:, list(LEFT_EYE)].mean(1)
         interocular = (left_eye - right_eye).norm(dim=-1).clamp_min(1e-3)[:, None, None]
-        centroids = torch.stack([landmarks_01[:, idx].mean(1) for idx in REGION_INDICES], dim=1)  # (F, 9, 2)
+        centroids = region_centroids(landmarks_01)  # (F, 9, 2)
         placement = (centroids - landmarks_01.mean(1, keepdim=True)) / interocular
         tokens = [
             proj(
@@ -68,7 +73,7 @@ class FaceRegionGuidedAttention(nn.Module):
             return None  # not a square patch grid: no geometry to use
         centres = (torch.arange(side, device=landmarks_01.device, dtype=landmarks_01.dtype) + 0.5) / side
         grid = torch.stack(torch.meshgrid(centres, centres, indexing="ij"), dim=-1).reshape(-1, 2).flip(-1)  # (T, xy)
-        centroids = torch.stack([landmarks_01[:, idx].mean(1) for idx in REGION_INDICES], dim=1)  # (F, 9, 2)
+        centroids = region_centroids(landmarks_01)  # (F, 9, 2)
         d2 = ((grid[None, :, None, :] - centroids[:, None, :, :]) ** 2).sum(-1)  # (F, T, 9)
         bias = -d2 / (2 * self.sigma**2)
         bias = torch.cat([bias, torch.zeros_like(bias[..., :1])], dim=-1)  # the global token is everywhere
