@@ -233,6 +233,18 @@ class _Meta:
         return participant, dict(self.rows.get(participant, {}))
 
 
+def _split_files(folder: Path, options: BuildOptions, report: BuildReport):
+    """(split, path, numbered lines) of each wanted split file in `folder` (`train.txt`, `val.txt`, `test.txt`),
+    each checked to hold data."""
+    for name, split in SPLITS.items():
+        path = folder / f"{name}.txt"
+        if not path.exists() or not options.wants(split=split):
+            continue
+        numbered = read_lines(path, options, report)
+        require_data(path, numbered, options, report)
+        yield split, path, numbered
+
+
 def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sample]:
     split_dir = options.root / "split"
     if not split_dir.is_dir():
@@ -241,12 +253,7 @@ def build(options: BuildOptions, report: BuildReport, progress=None) -> list[Sam
     meta_of = _Meta(options.root, options, report)
     annotations: dict[str, dict] = {}  # video stem -> its annotation, for the frame lines' cross-check
     samples = []
-    for name, split in SPLITS.items():
-        path = split_dir / f"{name}.txt"
-        if not path.exists() or not options.wants(split=split):
-            continue
-        numbered = read_lines(path, options, report)
-        require_data(path, numbered, options, report)
+    for split, path, numbered in _split_files(split_dir, options, report):
         for line_no, text in numbered:
             row = guarded(options, report, _parse_video_line, path, line_no, text)
             if row is None:
@@ -347,13 +354,8 @@ def _frame_labels(options: BuildOptions, report: BuildReport, meta_of, annotatio
     samples = []
     if folder.is_dir():
         _stray(folder, report)
-    for name, split in SPLITS.items():
-        path = folder / f"{name}.txt"
-        if not path.exists() or not options.wants(split=split):
-            continue
+    for split, path, numbered in _split_files(folder, options, report):
         per_video: dict[str, dict[int, tuple[int, int, str]]] = {}  # video -> frame -> (label, line, text)
-        numbered = read_lines(path, options, report)
-        require_data(path, numbered, options, report)
         for line_no, text in numbered:
             row = guarded(options, report, _parse_frame_line, path, line_no, text)
             if row is None:
