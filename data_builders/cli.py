@@ -62,7 +62,7 @@ def build(args):
 
     # Everything is checked, and the output claimed, before any work starts.
     options = BuildOptions(
-        root=Path(args.root),
+        root=Path(os.path.abspath(args.root)),  # media paths in the dataset work from any folder
         tasks=tuple(args.task or ()),
         splits=tuple(args.split or ()),
         skip_bad=args.skip_bad,

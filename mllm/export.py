@@ -37,6 +37,9 @@ EXPORT_MARKER = ".emoreason-export.json"
 # The files of a checkpoint or adapter folder that an export depends on (top level, not hidden).
 KEYED_SUFFIXES = (".safetensors", ".bin", ".json", ".jinja", ".model", ".txt", ".tiktoken")
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# A trained model folder holds its LoRA adapter here; a training run's folder holds its final model here.
+ADAPTER = "adapter"
+TRAINED_MODEL = "model"
 
 
 def language_model_lora_config(model, r: int = 8, alpha: int = 16, dropout: float = 0.0):
@@ -217,6 +220,41 @@ def served_language_model(model_dir: str | Path, load) -> Path:
     return final
 
 
+def served_lora(model_dir: str | Path, lm_dir: str | Path) -> Path | None:
+    """The checkpoint's own LoRA adapter (`MODEL/adapter/`, as training writes it) converted for vLLM next to the
+    exported language model, keyed by content like it; None when the checkpoint has no adapter."""
+    model_dir, lm_dir = Path(model_dir), Path(lm_dir)
+    adapter_dir = model_dir / ADAPTER
+    if not (adapter_dir / "adapter_config.json").exists():
+        return None
+    from mllm.model.bases import get_adapter
+
+    check_adapter(adapter_dir)
+    base_type = read_json(model_dir / "config.json").get("base_config", {}).get("model_type")
+    key = content_key(adapter_dir, salt=f"{content_key(model_dir)} {lm_dir.resolve()}")
+    final = lm_dir.parent / "lora"
+    write_export(final, key, lambda tmp: convert_lora_adapter(adapter_dir, tmp, get_adapter(base_type), lm_dir))
+    return final
+
+
+def load_model(model_dir: str | Path, dtype=None, adapter: str = "merge"):
+    """An EmoReason checkpoint with its own LoRA adapter (`MODEL/adapter/`, written by training) applied:
+    `adapter="merge"` folds it into the language model (inference, and the start of a next training stage),
+    `"keep"` returns the PEFT-wrapped model, `"ignore"` leaves it off."""
+    from mllm.model import EmoReasonForConditionalGeneration
+
+    model_dir = resolve_checkpoint(model_dir)
+    model = EmoReasonForConditionalGeneration.from_pretrained(str(model_dir), dtype=dtype)
+    adapter_dir = Path(model_dir) / ADAPTER if not isinstance(model_dir, str) else None
+    if adapter == "ignore" or adapter_dir is None or not (adapter_dir / "adapter_config.json").exists():
+        return model
+    from peft import PeftModel
+
+    check_adapter(adapter_dir)
+    wrapped = PeftModel.from_pretrained(model, str(adapter_dir))
+    return wrapped.merge_and_unload() if adapter == "merge" else wrapped
+
+
 def export_for_serving(model_dir: str | Path, out: str | Path, adapter_dir: str | Path | None = None) -> dict:
     """Write OUT/language_model (and OUT/lora with an adapter). Parts whose content key matches are kept; a `lora`
     from an earlier export with an adapter is removed when none is given now. Returns {part: (path, written)}."""
@@ -302,6 +340,8 @@ def resolve_checkpoint(
             raise _missing_folder(str(Path(name) / subfolder) if subfolder else name, what)
         if not path.is_dir():
             raise NotADirectoryError(f"{path}: is a file, not a {what}")
+        if not (path / "config.json").exists() and (path / TRAINED_MODEL / "config.json").exists():
+            return path / TRAINED_MODEL  # a training run's folder: its final model
         return path
     if not download:
         return name

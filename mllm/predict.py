@@ -64,7 +64,7 @@ def stdout_to_stderr():
 
 
 def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max_new_tokens: int = 160) -> dict:
-    from mllm.export import check_checkpoint, resolve_checkpoint
+    from mllm.export import check_checkpoint, resolve_checkpoint, served_lora
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {TASKS}")
@@ -77,11 +77,12 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
 
     import torch  # the slow imports come after the checks, so bad input fails at once
 
-    from mllm.model import EmoReasonForConditionalGeneration
+    from mllm.export import load_model
     from mllm.output import answer_regex, parse
     from mllm.processor import EmoReasonProcessor
 
-    model = EmoReasonForConditionalGeneration.from_pretrained(str(model_dir)).eval()
+    # A trained checkpoint's LoRA adapter: merged for transformers; for vLLM, served on the unmerged language model.
+    model = load_model(model_dir, adapter="merge" if engine == "transformers" else "ignore").eval()
     processor = EmoReasonProcessor.from_pretrained(model_dir)
     batch = processor([build_messages(media, task, model.config.label_space)])
     if engine == "transformers":
@@ -94,9 +95,10 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
         with torch.no_grad():
             embeds = model.build_inputs_embeds(**batch)[0]
         lm_dir = exported_language_model(model, processor.tokenizer, model_dir)
+        lora_dir = served_lora(model_dir, lm_dir)
         regex = answer_regex(task, model.config.label_space, max_think_chars=max_new_tokens // 2)
         with stdout_to_stderr():
-            text = _generate_with_vllm(lm_dir, embeds, regex, max_new_tokens)
+            text = _generate_with_vllm(lm_dir, embeds, regex, max_new_tokens, lora_dir)
     result = parse(text, task, model.config.label_space)
     return {
         "media": str(media),
@@ -109,10 +111,20 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
     }
 
 
-def _generate_with_vllm(lm_dir: Path, embeds, regex: str, max_new_tokens: int) -> str:
+def _generate_with_vllm(lm_dir: Path, embeds, regex: str, max_new_tokens: int, lora_dir: Path | None = None) -> str:
+    import json
+
     import torch
     from vllm import LLM, SamplingParams
+    from vllm.lora.request import LoRARequest
     from vllm.sampling_params import StructuredOutputsParams
+
+    lora = {}
+    if lora_dir is not None:
+        rank = json.loads((lora_dir / "adapter_config.json").read_text())["r"]
+        # vLLM takes only these ranks as its LoRA slot size.
+        slot = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
+        lora = {"enable_lora": True, "max_lora_rank": slot, "max_loras": 1}
 
     llm = LLM(
         model=str(lm_dir),
@@ -121,12 +133,15 @@ def _generate_with_vllm(lm_dir: Path, embeds, regex: str, max_new_tokens: int) -
         enforce_eager=not torch.cuda.is_available(),
         max_model_len=max(1024, embeds.shape[0] + max_new_tokens + 16),
         seed=0,
+        **lora,
     )
     try:
         params = SamplingParams(
             temperature=0, max_tokens=max_new_tokens, structured_outputs=StructuredOutputsParams(regex=regex)
         )
-        return llm.generate([{"prompt_embeds": embeds}], params, use_tqdm=False)[0].outputs[0].text
+        request = LoRARequest("adapter", 1, str(lora_dir)) if lora_dir is not None else None
+        outputs = llm.generate([{"prompt_embeds": embeds}], params, lora_request=request, use_tqdm=False)
+        return outputs[0].outputs[0].text
     finally:
         llm.llm_engine.engine_core.shutdown()
 

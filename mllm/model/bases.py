@@ -81,6 +81,10 @@ class _HFVisionLanguageAdapter:
     def input_embeddings(self, base: nn.Module) -> nn.Embedding:
         return base.get_input_embeddings()
 
+    def language_model(self, base: nn.Module) -> nn.Module:
+        """The decoder (no LM head): `forward(inputs_embeds=..., attention_mask=...)` gives `last_hidden_state`."""
+        return base.model.language_model
+
     def language_model_state_dict(self, base: nn.Module) -> dict[str, torch.Tensor]:
         """The decoder and LM head under the names of a standalone `*ForCausalLM` (the head written out even when
         the base ties it to the embeddings)."""

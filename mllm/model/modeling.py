@@ -134,6 +134,18 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.adapter.input_embeddings(self.base)
 
+    def get_output_embeddings(self) -> nn.Module:
+        return self.base.get_output_embeddings()
+
+    @property
+    def base_model(self) -> MediaBackbone:
+        """The backbone without the LM head, building its inputs from the media through the seam.
+
+        TRL's trainers (SFT loss, GRPO log-probabilities) run `model.base_model(**inputs).last_hidden_state` and
+        apply `get_output_embeddings()` themselves (`trl.trainer.utils.add_fused_lm_head`); this makes that path
+        see the media exactly as `forward` does."""
+        return MediaBackbone(self)
+
     def build_inputs_embeds(
         self,
         input_ids: torch.LongTensor,
@@ -193,6 +205,25 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         kwargs.setdefault("eos_token_id", self.config.eos_token_id)
         kwargs.setdefault("pad_token_id", self.config.pad_token_id)
         return self.base.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+
+class MediaBackbone:
+    """`model.base_model`: media + token ids -> the language model's last hidden states (see `base_model`).
+
+    Not an `nn.Module` of its own (it would register the model's parameters twice); it holds the model."""
+
+    _tp_plan = None
+    _pp_plan = None
+
+    def __init__(self, model: EmoReasonForConditionalGeneration):
+        self.model = model
+
+    def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
+        media = _pop_media(kwargs)
+        if inputs_embeds is None:
+            inputs_embeds = self.model.build_inputs_embeds(input_ids, **media)
+        decoder = self.model.adapter.language_model(self.model.base)
+        return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 
 _MEDIA_KEYS = (

@@ -1,0 +1,208 @@
+"""What both training stages share: the model made trainable, the run folder, checkpoints that carry the new
+modules, and the final model folder that `emoreason predict --model` and serving load.
+
+    OUTPUT_DIR/
+      checkpoint-N/     trainer checkpoints (adapter, new modules, optimizer, scheduler, RNG, state); a checkpoint
+                        counts once `.emoreason-complete` is in it (`--resume` takes the last such one)
+      runs/             TensorBoard logs
+      model/            the final model: config.json + model.safetensors (the base as trained: its language model
+                        without the adapter, the new modules trained), processor files, adapter/ (PEFT LoRA on the
+                        language model), served/language_model + served/lora (the vLLM export)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+COMPLETE = ".emoreason-complete"
+NEW_MODULES_FILE = "new_modules.safetensors"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The run folder
+
+
+def claim_run_dir(recipe, protect) -> str | None:
+    """Claim `output_dir` (new, empty, or a run of ours) and return the checkpoint to resume from. A folder that
+    already holds checkpoints is refused without `--resume`, so a finished or interrupted run is never overwritten;
+    a checkpoint left half-written by a kill is removed (it was ours, and it is not usable)."""
+    from mllm.outputs import claim_output_dir, clean_litter
+
+    out = claim_output_dir(recipe.output_dir, protect=protect, what="--output_dir")
+    clean_litter(out)
+    checkpoints = sorted(
+        (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    complete = [p for p in checkpoints if (p / COMPLETE).exists()]
+    if not recipe.resume:
+        if checkpoints or (out / "model").exists():
+            raise ValueError(
+                f"{out}: holds a training run already; pass --resume to continue it, or choose a new --output_dir"
+            )
+        return None
+    for partial in checkpoints:
+        if not (partial / COMPLETE).exists():
+            shutil.rmtree(partial, ignore_errors=True)
+    if not complete:
+        print(f"{out}: no complete checkpoint to resume from; starting from step 0", flush=True)
+        return None
+    return str(complete[-1])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The model
+
+
+def load_model_and_processor(recipe):
+    """The starting checkpoint (an earlier stage's adapter merged into its language model) and its processor."""
+    from mllm.export import check_checkpoint, load_model, resolve_checkpoint
+    from mllm.processor import EmoReasonProcessor
+
+    model_dir = resolve_checkpoint(recipe.model)
+    check_checkpoint(model_dir, processor=True)
+    dtype = (recipe.model_init_kwargs or {}).get("dtype")
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else None
+    model = load_model(model_dir, dtype=dtype, adapter="merge")
+    return model, EmoReasonProcessor.from_pretrained(model_dir), Path(model_dir)
+
+
+def make_trainable(model, recipe, lora: bool, new_modules: bool):
+    """LoRA on the language model only (vLLM serves nothing else); the new modules trained in full when asked.
+    Returns the model to train (PEFT-wrapped when `lora`)."""
+    from mllm.export import language_model_lora_config
+
+    model.freeze_base()
+    trainable = model
+    if lora:
+        from peft import get_peft_model
+
+        config = language_model_lora_config(model, r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=recipe.lora_dropout)
+        trainable = get_peft_model(model, config)  # marks only the adapter trainable
+    model.set_trainable_new_modules(new_modules)
+    if recipe.gradient_checkpointing:
+        model.config.use_cache = False
+    return trainable
+
+
+def parameter_groups(model, learning_rate: float, new_modules_lr: float | None, weight_decay: float) -> list[dict]:
+    """The adapter at `learning_rate`, the new modules at `new_modules_lr` (their own rate); no weight decay on
+    biases and norms."""
+    composed = model.get_base_model() if hasattr(model, "get_base_model") else model
+    new = {id(p) for p in composed.new_module_parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            no_decay = p.ndim < 2 or "norm" in name.lower() or name.endswith(".bias")
+            groups.setdefault((id(p) in new, no_decay), []).append(p)
+    lr_new = learning_rate if new_modules_lr is None else new_modules_lr
+    return [
+        {"params": params, "lr": lr_new if is_new else learning_rate, "weight_decay": 0.0 if no_decay else weight_decay}
+        for (is_new, no_decay), params in sorted(groups.items())
+    ]
+
+
+def new_module_state(model) -> dict[str, torch.Tensor]:
+    composed = model.get_base_model() if hasattr(model, "get_base_model") else model
+    new = {id(p) for p in composed.new_module_parameters()}
+    return {n: p.detach().cpu().contiguous() for n, p in composed.named_parameters() if id(p) in new}
+
+
+class EmoReasonTrainerMixin:
+    """Put before TRL's trainer class: the new modules get their own learning rate and travel in checkpoints
+    (PEFT checkpoints hold only the adapter), and a checkpoint is marked complete once everything is written."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            from transformers import Trainer
+
+            optimizer_cls, kwargs = Trainer.get_optimizer_cls_and_kwargs(self.args, self.model)
+            kwargs.pop("lr", None)
+            groups = parameter_groups(
+                self.model, self.args.learning_rate, self.args.new_modules_lr, self.args.weight_decay
+            )
+            self.optimizer = optimizer_cls(groups, lr=self.args.learning_rate, **kwargs)
+        return self.optimizer
+
+    def _save(self, output_dir=None, state_dict=None):
+        super()._save(output_dir, state_dict)
+        if self.args.should_save and hasattr(self.model, "get_base_model"):
+            from safetensors.torch import save_file
+
+            save_file(new_module_state(self.model), os.path.join(output_dir or self.args.output_dir, NEW_MODULES_FILE))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        path = Path(resume_from_checkpoint) / NEW_MODULES_FILE
+        if path.exists():
+            from safetensors.torch import load_file
+
+            composed = self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+            saved = load_file(path)
+            params = dict(composed.named_parameters())
+            missing = sorted(set(new_module_state(self.model)) - set(saved))
+            if missing:
+                raise ValueError(f"{path}: lacks new-module weights {missing[:3]}")
+            with torch.no_grad():
+                for name, value in saved.items():
+                    params[name].copy_(value)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.args.should_save:
+            from mllm.outputs import atomic_write_text
+
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            if folder.is_dir():
+                atomic_write_text(folder / COMPLETE, json.dumps({"step": self.state.global_step}))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The final model folder
+
+
+def write_final_model(trainer, processor, label_space: str, report: dict) -> Path | None:
+    """OUTPUT_DIR/model, written under a temporary name and renamed into place, then its vLLM export. Only the
+    main process writes; returns the folder there (None elsewhere)."""
+    from mllm.outputs import atomic_dir, atomic_write_text
+
+    trainer.accelerator.wait_for_everyone()
+    if not trainer.is_world_process_zero():
+        return None
+    model = trainer.accelerator.unwrap_model(trainer.model)
+    final = Path(trainer.args.output_dir) / "model"
+    peft = hasattr(model, "get_base_model")
+    composed = model.get_base_model() if peft else model
+    composed.config.label_space = label_space
+    with atomic_dir(final) as tmp:
+        if peft:
+            model.save_pretrained(tmp / "adapter")
+            # The base as trained, without the adapter's layers: LoRA's wrapped linears saved under their own names.
+            state = {
+                k.replace(".base_layer.", "."): v.detach().cpu().contiguous()
+                for k, v in composed.state_dict().items()
+                if "lora_" not in k
+            }
+            composed.save_pretrained(tmp, state_dict=state)
+        else:
+            composed.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        atomic_write_text(tmp / "train_report.json", json.dumps(report, indent=1, default=str) + "\n")
+    export_final_model(final)
+    return final
+
+
+def export_final_model(final: Path) -> None:
+    """The ready-to-serve export of a final model folder (language model + LoRA, keyed by content)."""
+    from mllm.export import load_model, served_language_model, served_lora
+    from mllm.processor import EmoReasonProcessor
+
+    def load():
+        return load_model(final, adapter="ignore"), EmoReasonProcessor.from_pretrained(final).tokenizer
+
+    served_lora(final, served_language_model(final, load))
