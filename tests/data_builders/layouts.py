@@ -159,3 +159,23 @@ def openface_csv(path: Path, frames: int, active=("AU6", "AU12")) -> Path:
         rows.append([f, 0, f / 25, 0.98, 1] + [2.5 if o else 0.2 for o in on] + [1 if o else 0 for o in on])
     _write(path, ",".join(header) + "\n" + "\n".join(",".join(map(str, r)) for r in rows) + "\n")
     return path
+
+
+OPENFACE_AUS_R = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 45)
+OPENFACE_AUS_C = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 28, 45)
+
+
+def openface_image_csv(path: Path, faces=((0.95, ("AU6", "AU12")),)) -> Path:
+    """An OpenFace 2.0 FaceLandmarkImg CSV (`-pose -aus`): one row per face, `face, confidence`, head pose, then
+    17 `AUxx_r` and 18 `AUxx_c` columns (AU28 has presence only), ", "-separated as OpenFace writes them. `faces`:
+    (confidence, active AUs) per face; active AUs get intensity 2.5 + face number, the others 0.1."""
+    header = ["face", "confidence", "pose_Tx", "pose_Ty", "pose_Tz", "pose_Rx", "pose_Ry", "pose_Rz"]
+    header += [f"AU{n:02d}_r" for n in OPENFACE_AUS_R] + [f"AU{n:02d}_c" for n in OPENFACE_AUS_C]
+    rows = []
+    for face, (confidence, active) in enumerate(faces):
+        on = {int(a[2:]) for a in active}
+        row = [face, f"{confidence:.3f}", "12.5", "-3.1", "480.2", "0.051", "-0.120", "0.013"]
+        row += [f"{2.5 + face:.2f}" if n in on else "0.10" for n in OPENFACE_AUS_R]
+        row += ["1.0" if n in on else "0.0" for n in OPENFACE_AUS_C]
+        rows.append(", ".join(map(str, row)))
+    return _write(path, ", ".join(header) + "\n" + "\n".join(rows) + "\n")
