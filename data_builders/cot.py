@@ -15,19 +15,8 @@ from __future__ import annotations
 import hashlib
 import random
 
-from mllm.labels import FACS_NAMES
+from mllm.labels import EMFACS, FACS_NAMES, best_prototype
 from mllm.output import format_completion
-
-# EMFACS prototypes (Friesen & Ekman), as sets of AU numbers.
-EMFACS: dict[str, tuple[str, ...]] = {
-    "Happiness": ("AU6", "AU12"),
-    "Sadness": ("AU1", "AU4", "AU15"),
-    "Surprise": ("AU1", "AU2", "AU5", "AU26"),
-    "Fear": ("AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"),
-    "Anger": ("AU4", "AU5", "AU7", "AU23"),
-    "Disgust": ("AU9", "AU15", "AU16", "AU10"),
-    "Contempt": ("AU12", "AU14"),
-}
 
 OBSERVE = (
     "Observations: {aus}.",
@@ -93,23 +82,6 @@ def _au_phrase(aus: list[str], intensity: dict[str, float]) -> str:
 def _rng(sample_id: str, seed: int) -> random.Random:
     digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
-
-
-def best_prototype(aus: list[str], exclude: tuple[str, ...] = ()) -> tuple[str | None, list[str]]:
-    """The EMFACS prototype sharing most AUs with `aus` (ties: the larger share of the prototype)."""
-    best, shared = None, []
-    for label, prototype in EMFACS.items():
-        if label in exclude:
-            continue
-        common = [a for a in aus if a in prototype]
-        if len(common) > len(shared) or (
-            common
-            and len(common) == len(shared)
-            and best
-            and len(common) / len(prototype) > len(shared) / len(EMFACS[best])
-        ):
-            best, shared = label, common
-    return best, shared
 
 
 def build_target(

@@ -49,6 +49,35 @@ FACS_NAMES: dict[str, str] = {
 }
 
 
+# EMFACS prototypes (Friesen & Ekman), as sets of AU numbers.
+EMFACS: dict[str, tuple[str, ...]] = {
+    "Happiness": ("AU6", "AU12"),
+    "Sadness": ("AU1", "AU4", "AU15"),
+    "Surprise": ("AU1", "AU2", "AU5", "AU26"),
+    "Fear": ("AU1", "AU2", "AU4", "AU5", "AU7", "AU20", "AU26"),
+    "Anger": ("AU4", "AU5", "AU7", "AU23"),
+    "Disgust": ("AU9", "AU15", "AU16", "AU10"),
+    "Contempt": ("AU12", "AU14"),
+}
+
+
+def best_prototype(aus: list[str], exclude: tuple[str, ...] = ()) -> tuple[str | None, list[str]]:
+    """The EMFACS prototype sharing most AUs with `aus` (ties: the larger share of the prototype)."""
+    best, shared = None, []
+    for label, prototype in EMFACS.items():
+        if label in exclude:
+            continue
+        common = [a for a in aus if a in prototype]
+        if len(common) > len(shared) or (
+            common
+            and len(common) == len(shared)
+            and best
+            and len(common) / len(prototype) > len(shared) / len(EMFACS[best])
+        ):
+            best, shared = label, common
+    return best, shared
+
+
 def label_space(name: str) -> tuple[str, ...]:
     if name not in LABEL_SPACES:
         raise ValueError(f"unknown label space {name!r}; valid: {sorted(LABEL_SPACES)}")
