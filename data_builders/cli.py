@@ -30,7 +30,9 @@ def add_arguments(parser) -> None:
     build.add_argument("--clip-len", type=int, default=16, help="frames per clip (ABAW)")
     build.add_argument("--clip-stride", type=int, default=16, help="frames between clip starts (ABAW)")
     build.add_argument("--classes", type=int, default=7, choices=[7, 8], help="AffectNet: 7 or 8 classes")
-    build.add_argument("--openface", default=None, help="folder of OpenFace 2.0 CSVs (<video stem>.csv) to join")
+    build.add_argument(
+        "--openface", default=None, help="folder of OpenFace 2.0 CSVs (<video or image stem>.csv) to join"
+    )
     build.add_argument("--no-transcript", action="store_true", help="keep BAH transcripts out of the prompt")
     build.add_argument(
         "--drop-conflicts",
@@ -97,7 +99,9 @@ def build(args):
 
             joined = join(samples, openface, options, report)
             if not joined:
-                report.warnings.append(f"{openface}: no OpenFace CSV matched a sample (looked for <video stem>.csv)")
+                report.warnings.append(
+                    f"{openface}: no OpenFace CSV matched a sample (looked for <video or image stem>.csv)"
+                )
         built = {s.split for s in samples}
         for split in options.splits:
             if built and split not in built:

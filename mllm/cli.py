@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, str] = {
     "export": "mllm.export",
     "predict": "mllm.predict",
     "data": "data_builders.cli",
+    "compose": "mllm.compose",
     "train": "train.cli",
 }
 

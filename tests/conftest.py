@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mllm import synthetic
@@ -126,3 +128,40 @@ def tiny_base_processor(tiny_base_dir):
     from mllm.processor import EmoReasonProcessor
 
     return EmoReasonProcessor.from_pretrained(tiny_base_dir / "emoreason")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Training: a small expression dataset from real faces, and one short SFT run of the tiny model on it
+
+
+@pytest.fixture(scope="session")
+def expression_data(tmp_path_factory):
+    """`emoreason data build rafdb` over a RAF-DB tree of real faces warped into Happiness / Sadness / Surprise,
+    with OpenFace AU CSVs (4 training identities, 2 held out)."""
+    from mllm.cli import main
+    from mllm.expression_photos import write_rafdb_expression_tree
+
+    root = tmp_path_factory.mktemp("expressions")
+    write_rafdb_expression_tree(root / "rafdb", root / "openface", train_faces=4, test_faces=2, seed=0)
+    out = root / "data"
+    assert main(["data", "build", "rafdb", "--root", str(root / "rafdb"), "--openface", str(root / "openface"),
+                 "--out", str(out)]) == 0  # fmt: skip
+    return out
+
+
+SFT_RECIPE = Path(__file__).resolve().parents[1] / "train" / "recipes" / "sft_tiny_cpu.yaml"
+
+
+def sft_args(model, data, out, *extra) -> list[str]:
+    return ["train", "sft", "--config", str(SFT_RECIPE), "--model", str(model), "--data", str(data),
+            "--output_dir", str(out), "--report_to", "none", *map(str, extra)]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def sft_run(tiny_dir, expression_data, tmp_path_factory):
+    """A 6-step SFT run of the tiny model (checkpoints every 3 steps): its output folder."""
+    from mllm.cli import main
+
+    out = tmp_path_factory.mktemp("sft") / "run"
+    assert main(sft_args(tiny_dir / "emoreason", expression_data, out, "--max_steps", 6, "--save_steps", 3)) == 0
+    return out

@@ -52,7 +52,7 @@ class EmoReasonOptions:
         if not self.model:
             raise ValueError("model: no starting checkpoint given (--model DIR, or `model:` in the recipe)")
         if not self.data:
-            raise ValueError("data: no dataset given (--data DIR from `emoreason data build`, or `data:` in the recipe)")
+            raise ValueError("data: no dataset given (--data DIR from `emoreason data build`, or `data:` in recipes)")
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError(
                 f"lora_r must be >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1; got {self.lora_r}, "
@@ -80,6 +80,8 @@ _COMMON_DEFAULTS = {
     "save_total_limit": 2,
     "gradient_checkpointing": False,
     "dataloader_num_workers": 0,
+    # A batch without audio (or without images) leaves that branch without gradients: DDP must allow it.
+    "ddp_find_unused_parameters": True,
 }
 
 
@@ -111,7 +113,7 @@ class GRPORecipe(GRPOConfig, EmoReasonOptions):
     """Stage 2: GRPO from an SFT output, rewards computed from expression and action-unit labels."""
 
     rewards: list[str] = field(
-        default_factory=lambda: ["format", "expression", "au_f1", "consistency", "length"],
+        default_factory=lambda: list(_default_rewards()),
         metadata={"help": "reward functions by name (train/rewards); weights in reward_weights, same order"},
     )
     length_max_chars: int = field(default=1200, metadata={"help": "length guard: completions longer are penalised"})
@@ -133,12 +135,22 @@ class GRPORecipe(GRPOConfig, EmoReasonOptions):
         unknown = [r for r in self.rewards if r not in REWARDS]
         if unknown:
             raise ValueError(f"rewards: unknown {unknown}; valid: {sorted(REWARDS)}")
-        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+        if self.reward_weights is None:
+            from train.rewards import default_weights
+
+            self.reward_weights = default_weights(self.rewards)
+        if len(self.reward_weights) != len(self.rewards):
             raise ValueError(
                 f"reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards {self.rewards}"
             )
         if self.length_max_chars < 1:
             raise ValueError(f"length_max_chars must be >= 1, got {self.length_max_chars}")
+
+
+def _default_rewards():
+    from train.rewards import DEFAULT_REWARDS
+
+    return DEFAULT_REWARDS
 
 
 def parse_recipe(cls, argv: list[str]):

@@ -29,11 +29,13 @@ MEDIA_COLUMNS = ("image", "video", "audio", "frames")
 def dataset_label_space(data_dir: Path) -> str:
     from data_builders.cli import REPORT_FILE
 
+    if not (Path(data_dir) / "dataset_dict.json").is_file():
+        raise FileNotFoundError(f"{data_dir}: not a dataset folder (write one with `emoreason data build`)")
     report_file = Path(data_dir) / REPORT_FILE
     try:
         report = json.loads(report_file.read_text())
     except (OSError, ValueError):
-        raise ValueError(f"{report_file}: missing or unreadable (is {data_dir} from `emoreason data build`?)") from None
+        raise ValueError(f"{report_file}: missing or unreadable (is {data_dir} a `data build` output?)") from None
     dataset = report.get("dataset")
     if dataset == "affectnet" and int(report.get("options", {}).get("classes") or 7) == 8:
         return "affectnet8"

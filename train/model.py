@@ -59,13 +59,21 @@ def claim_run_dir(recipe, protect) -> str | None:
 # The model
 
 
-def load_model_and_processor(recipe):
-    """The starting checkpoint (an earlier stage's adapter merged into its language model) and its processor."""
-    from mllm.export import check_checkpoint, load_model, resolve_checkpoint
-    from mllm.processor import EmoReasonProcessor
+def check_model(recipe) -> Path:
+    """The starting checkpoint's folder, its files checked (one line naming what is missing or broken)."""
+    from mllm.export import check_checkpoint, resolve_checkpoint
 
     model_dir = resolve_checkpoint(recipe.model)
     check_checkpoint(model_dir, processor=True)
+    return Path(model_dir)
+
+
+def load_model_and_processor(recipe):
+    """The starting checkpoint (an earlier stage's adapter merged into its language model) and its processor."""
+    from mllm.export import load_model
+    from mllm.processor import EmoReasonProcessor
+
+    model_dir = check_model(recipe)
     dtype = (recipe.model_init_kwargs or {}).get("dtype")
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else None
     model = load_model(model_dir, dtype=dtype, adapter="merge")
@@ -81,8 +89,13 @@ def make_trainable(model, recipe, lora: bool, new_modules: bool):
     trainable = model
     if lora:
         from peft import get_peft_model
+        from transformers import set_seed
 
-        config = language_model_lora_config(model, r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=recipe.lora_dropout)
+        set_seed(recipe.seed)  # LoRA's A matrices start random: the same seed gives the same run
+
+        config = language_model_lora_config(
+            model, r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=recipe.lora_dropout
+        )
         trainable = get_peft_model(model, config)  # marks only the adapter trainable
     model.set_trainable_new_modules(new_modules)
     if recipe.gradient_checkpointing:
@@ -102,7 +115,11 @@ def parameter_groups(model, learning_rate: float, new_modules_lr: float | None, 
             groups.setdefault((id(p) in new, no_decay), []).append(p)
     lr_new = learning_rate if new_modules_lr is None else new_modules_lr
     return [
-        {"params": params, "lr": lr_new if is_new else learning_rate, "weight_decay": 0.0 if no_decay else weight_decay}
+        {
+            "params": params,
+            "lr": lr_new if is_new else learning_rate,
+            "weight_decay": 0.0 if no_decay else weight_decay,
+        }
         for (is_new, no_decay), params in sorted(groups.items())
     ]
 

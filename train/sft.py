@@ -22,16 +22,17 @@ class EmoReasonSFTTrainer(EmoReasonTrainerMixin, SFTTrainer):
     """TRL's SFTTrainer; the mixin adds only the new modules' learning rate and their place in checkpoints."""
 
 
-def main(recipe):
+def build_trainer(recipe):
+    """(trainer, processor, label space, checkpoint to resume from): everything checked and loaded, nothing run."""
     from train.data import SFTCollator, dataset_label_space, load_split
-    from train.model import claim_run_dir, load_model_and_processor, make_trainable, write_final_model
+    from train.model import check_model, claim_run_dir, load_model_and_processor, make_trainable
     from train.progress import SampleCompletions
 
-    started = time.time()
-    resume_from = claim_run_dir(recipe, protect=[recipe.model, recipe.data])
     space = dataset_label_space(recipe.data)
     train = load_split(recipe.data, recipe.train_split, recipe.tasks, recipe.max_train_samples, recipe.seed)
     evaluation = load_split(recipe.data, recipe.eval_split, recipe.tasks) if recipe.eval_split else None
+    check_model(recipe)
+    resume_from = claim_run_dir(recipe, protect=[recipe.model, recipe.data])  # inputs checked first
     model, processor, _ = load_model_and_processor(recipe)
     lora = recipe.stage == "sft" and recipe.lora_r > 0
     trainable = make_trainable(model, recipe, lora=lora, new_modules=recipe.new_modules_lr != 0)
@@ -48,6 +49,14 @@ def main(recipe):
     )
     shown_rows = (evaluation if evaluation is not None else train).select(range(min(3, len(train))))
     trainer.add_callback(SampleCompletions(trainer, processor, shown_rows, recipe.sample_every))
+    return trainer, processor, space, resume_from
+
+
+def main(recipe):
+    from train.model import write_final_model
+
+    started = time.time()
+    trainer, processor, space, resume_from = build_trainer(recipe)
     result = trainer.train(resume_from_checkpoint=resume_from)
     report = {
         "stage": recipe.stage,

@@ -42,6 +42,10 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
             Wav2Vec2Model(Wav2Vec2Config(**config.audio_config)), hidden, projector=config.audio_projector
         )
         self.post_init()
+        # Generation runs the base's `generate` from embeddings; trainers (TRL) read and set these defaults here.
+        from transformers import GenerationConfig
+
+        self.generation_config = GenerationConfig(eos_token_id=config.eos_token_id, pad_token_id=config.pad_token_id)
 
     def _init_weights(self, module):
         # The base and the encoder initialise themselves (or are loaded); the new modules keep PyTorch's
@@ -202,8 +206,9 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
         """Generated token ids only (the prompt is not repeated)."""
         inputs_embeds = self.build_inputs_embeds(input_ids, **_pop_media(kwargs))
-        kwargs.setdefault("eos_token_id", self.config.eos_token_id)
-        kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        if kwargs.get("generation_config") is None:
+            kwargs.setdefault("eos_token_id", self.config.eos_token_id)
+            kwargs.setdefault("pad_token_id", self.config.pad_token_id)
         return self.base.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 
 

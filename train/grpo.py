@@ -1,0 +1,211 @@
+"""Stage 2, GRPO with expression and action-unit rewards, on TRL's `GRPOTrainer`.
+
+    emoreason train grpo --config train/recipes/grpo_tiny_cpu.yaml --model runs/sft [--max_steps N] [--resume]
+
+TRL's GRPOTrainer treats a model as multimodal only through a `ProcessorMixin` and forwards a fixed list of image
+keys; our audio, landmarks and frames would be dropped silently. The subclass below changes four methods and
+nothing else:
+
+- `_tokenize_prompts`: our processor renders each prompt (a chat naming its media) into token ids and the media
+  tensors of that sample, kept per sample;
+- `_generate_single_turn`: sampling with the composed model's `generate` (embeddings from the seam), placeholder
+  tokens suppressed;
+- `_get_per_token_logps_and_entropies`: every log-probability (policy, old policy, reference) is computed with
+  the media of the rows it scores;
+- `_generate_and_score_completions` / `compute_loss`: the per-sample media travel with the buffered batch
+  (TRL shuffles and splits lists in unison with the tensors).
+
+The reference model is the policy with its adapter disabled (no second copy): the SFT model, whose adapter was
+merged at load. The new modules stay frozen by default, so that reference is exactly the SFT model.
+
+Generation: transformers `generate`, on CPU and GPU. TRL's vLLM paths send token ids and images only, so they
+cannot carry our embeddings (`use_vllm` is refused).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+
+import torch
+from trl import GRPOTrainer
+
+from train.model import EmoReasonTrainerMixin
+
+_CAT_KEYS = ("pixel_values", "image_landmarks", "image_has_face", "audio_lengths", "audio_token_counts")
+
+
+def concat_media(rows: list[dict], device=None) -> dict:
+    """The media of several samples (each as our processor returns them for one conversation) as one batch's."""
+    out = {}
+    for key in _CAT_KEYS:
+        parts = [r[key] for r in rows if key in r]
+        if parts:
+            out[key] = torch.cat(parts)
+    audio = [r["audio_values"] for r in rows if "audio_values" in r]
+    if audio:
+        longest = max(a.shape[1] for a in audio)
+        out["audio_values"] = torch.cat([torch.nn.functional.pad(a, (0, longest - a.shape[1])) for a in audio])
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out
+
+
+class EmoReasonGRPOTrainer(EmoReasonTrainerMixin, GRPOTrainer):
+    """GRPOTrainer that carries our media through generation, every log-probability and the loss."""
+
+    def __init__(self, *args, processor, **kwargs):
+        self.media_processor = processor
+        self._media_rows: list[dict] | None = None
+        super().__init__(*args, **kwargs)
+
+    # Prompts -> ids + per-sample media ----------------------------------------------------------------------------
+
+    def _tokenize_prompts(self, prompts: list):
+        ids, rows, done = [], [], {}
+        for prompt in prompts:  # the schema's JSON chat; a group's G copies are rendered once
+            if prompt not in done:
+                batch = self.media_processor([json.loads(prompt)], add_generation_prompt=True)
+                keep = batch.pop("attention_mask")[0].bool()
+                done[prompt] = (batch.pop("input_ids")[0][keep].tolist(), batch)
+            ids.append(done[prompt][0])
+            rows.append(done[prompt][1])
+        self._media_rows = rows
+        return ids, None, {}
+
+    def _rows(self, n: int) -> list[dict]:
+        if self._media_rows is None or len(self._media_rows) != n:
+            raise RuntimeError(f"media of {n} rows expected, have {len(self._media_rows or [])}: batch misaligned")
+        return self._media_rows
+
+    # Sampling -----------------------------------------------------------------------------------------------------
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        from trl.models import unwrap_model_for_generation
+        from trl.trainer.utils import pad
+
+        device = self.accelerator.device
+        prompts = [torch.tensor(ids) for ids in prompt_ids]
+        input_ids = pad(prompts, padding_value=self._tokenizer.pad_token_id, padding_side="left").to(device)
+        attention_mask = pad([torch.ones_like(t) for t in prompts], padding_value=0, padding_side="left").to(device)
+        media = concat_media(self._rows(len(prompt_ids)), device)
+        config = self.accelerator.unwrap_model(self.model).config
+        generation_config = copy.copy(self.generation_config)
+        # A sampled placeholder would have no media to fill it.
+        generation_config.suppress_tokens = [config.image_token_id, config.audio_token_id]
+        with (
+            unwrap_model_for_generation(
+                self.model_wrapped,
+                self.accelerator,
+                gather_deepspeed3_params=self.args.ds3_gather_for_generation,
+                generation_kwargs=self.generation_kwargs,
+                gradient_checkpointing_kwargs=self.args.gradient_checkpointing_kwargs,
+            ) as unwrapped,
+            torch.no_grad(),
+        ):
+            # Generated tokens only: the composed model generates from embeddings, the prompt is not repeated.
+            completion_ids = unwrapped.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                generation_config=generation_config,
+                **media,
+            )
+        is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
+        lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completion_ids.size(1))
+        return [c[: int(n)].tolist() for c, n in zip(completion_ids.cpu(), lengths.cpu(), strict=True)], None
+
+    # Log-probabilities --------------------------------------------------------------------------------------------
+
+    def _get_per_token_logps_and_entropies(
+        self,
+        model,
+        input_ids,
+        attention_mask,
+        logits_to_keep,
+        batch_size=None,
+        compute_entropy=False,
+        compute_aux_loss=False,
+        **image_fields,  # TRL's image keys; always empty here, our media come from the rows
+    ):
+        rows = self._rows(input_ids.size(0))
+        batch_size = batch_size or input_ids.size(0)
+        all_logps, all_entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            end = min(start + batch_size, input_ids.size(0))
+            ids, mask = input_ids[start:end], attention_mask[start:end]
+            labels = ids.masked_fill(mask == 0, -100)
+            labels[:, :-logits_to_keep] = -100  # only the completion is scored
+            with self.accelerator.autocast():
+                out = model(
+                    input_ids=ids,
+                    attention_mask=mask,
+                    labels=labels,
+                    fused_lm_head=True,
+                    **concat_media(rows[start:end], ids.device),
+                )
+            all_logps.append(out.log_probs[:, -logits_to_keep:])
+            if compute_entropy:
+                all_entropies.append(out.entropy[:, -logits_to_keep:])
+        entropies = torch.cat(all_entropies) if compute_entropy else None
+        return torch.cat(all_logps), entropies, None
+
+    # The media travel with the buffered batch ------------------------------------------------------------------------
+
+    def _generate_and_score_completions(self, inputs):
+        self._media_rows = None
+        output = super()._generate_and_score_completions(inputs)
+        output["media"] = self._media_rows
+        return output
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._media_rows = inputs["media"]
+        return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+
+
+def build_trainer(recipe):
+    """(trainer, processor, label space, checkpoint to resume from): everything checked and loaded, nothing run."""
+    from train.data import dataset_label_space, load_split
+    from train.model import check_model, claim_run_dir, load_model_and_processor, make_trainable
+    from train.rewards import get_reward_funcs
+
+    if recipe.use_vllm:
+        raise ValueError(
+            "use_vllm: TRL's vLLM generation sends token ids and images only and cannot carry EmoReason's "
+            "embeddings; GRPO generates with transformers (set use_vllm: false)"
+        )
+    space = dataset_label_space(recipe.data)
+    train = load_split(recipe.data, recipe.train_split, recipe.tasks, recipe.max_train_samples, recipe.seed)
+    check_model(recipe)
+    resume_from = claim_run_dir(recipe, protect=[recipe.model, recipe.data])  # inputs checked first
+    model, processor, _ = load_model_and_processor(recipe)
+    trainable = make_trainable(model, recipe, lora=True, new_modules=recipe.train_new_modules)
+    rewards = get_reward_funcs(recipe.rewards, {"length": {"max_chars": recipe.length_max_chars}})
+    trainer = EmoReasonGRPOTrainer(
+        model=trainable,
+        reward_funcs=rewards,
+        args=recipe,
+        train_dataset=train,
+        processing_class=processor.tokenizer,
+        processor=processor,
+    )
+    return trainer, processor, space, resume_from
+
+
+def main(recipe):
+    from train.model import write_final_model
+
+    started = time.time()
+    trainer, processor, space, resume_from = build_trainer(recipe)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    report = {
+        "stage": "grpo",
+        "started_from": recipe.model,
+        "data": recipe.data,
+        "label_space": space,
+        "rewards": recipe.rewards,
+        "reward_weights": recipe.reward_weights,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "log_history": trainer.state.log_history,
+        "seconds": round(time.time() - started, 1),
+    }
+    return write_final_model(trainer, processor, space, report)
