@@ -163,8 +163,9 @@ class EmoReasonGRPOTrainer(EmoReasonTrainerMixin, GRPOTrainer):
 
 def build_trainer(recipe):
     """(trainer, processor, label space, checkpoint to resume from): everything checked and loaded, nothing run."""
+    from mllm.export import language_model_lora_config
     from train.data import dataset_label_space, load_split
-    from train.model import check_model, claim_run_dir, load_model_and_processor, make_trainable
+    from train.model import check_model, claim_run_dir, load_model_and_processor
     from train.rewards import get_reward_funcs
 
     if recipe.use_vllm:
@@ -177,16 +178,21 @@ def build_trainer(recipe):
     check_model(recipe)
     resume_from = claim_run_dir(recipe, protect=[recipe.model, recipe.data])  # inputs checked first
     model, processor, _ = load_model_and_processor(recipe)
-    trainable = make_trainable(model, recipe, lora=True, new_modules=recipe.train_new_modules)
+    model.freeze_base()
     rewards = get_reward_funcs(recipe.rewards, {"length": {"max_chars": recipe.length_max_chars}})
+    # TRL wraps the model in the adapter itself: a model handed over already wrapped would get a second, "ref"
+    # adapter as its reference; a fresh adapter's reference is the model with the adapter disabled.
+    lora = language_model_lora_config(model, r=recipe.lora_r, alpha=recipe.lora_alpha, dropout=recipe.lora_dropout)
     trainer = EmoReasonGRPOTrainer(
-        model=trainable,
+        model=model,
         reward_funcs=rewards,
         args=recipe,
         train_dataset=train,
         processing_class=processor.tokenizer,
         processor=processor,
+        peft_config=lora,
     )
+    model.set_trainable_new_modules(recipe.train_new_modules)  # PEFT left only the adapter trainable
     return trainer, processor, space, resume_from
 
 
