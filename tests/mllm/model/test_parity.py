@@ -129,3 +129,34 @@ def test_adapter_outside_the_language_model_is_refused(served, tmp_path):
     (bad / "adapter_config.json").write_text(json.dumps({"target_modules": ["gate"]}))
     with pytest.raises(ValueError, match="outside the language model"):
         convert_lora_adapter(bad, tmp_path / "out", served["model"], served["lm"])
+
+
+def test_a_trained_models_export_serves_its_greedy_tokens(llm, base, served, request, video_with_audio, astronaut_png):
+    """`emoreason train sft`'s final folder: vLLM, running the run's own export (the language model and the
+    converted adapter), gives the greedy tokens of the trained model in transformers."""
+    from safetensors.torch import load_file
+    from vllm.lora.request import LoRARequest
+
+    from mllm.export import load_model
+    from mllm.processor import EmoReasonProcessor
+
+    if base[0] != request.getfixturevalue("tiny_dir"):
+        pytest.skip("the shared SFT run trains the InternVL tiny model")
+    final = request.getfixturevalue("sft_run") / "model"
+    # LoRA is served beside the language model: the run's exported LM is the engine's, tensor for tensor.
+    exported = load_file(final / "served" / "language_model" / "model.safetensors")
+    running = load_file(served["lm"] / "model.safetensors")
+    assert exported.keys() == running.keys() and all(torch.equal(exported[k], running[k]) for k in exported)
+    trained = load_model(final, adapter="merge").eval()
+    processor = EmoReasonProcessor.from_pretrained(final)
+
+    def user(part):
+        return [{"role": "user", "content": [part, {"type": "text", "text": "Which emotion?"}]}]
+
+    batches = [processor([user({"type": "image", "image": str(astronaut_png)})]),
+               processor([user({"type": "video", "video": str(video_with_audio)})])]  # fmt: skip
+    pairs = [_hf_tokens(trained, b) for b in batches]
+    params = vllm.SamplingParams(temperature=0, max_tokens=MAX_NEW_TOKENS)
+    request_lora = LoRARequest("trained", 2, str(final / "served" / "lora"))  # id 2: id 1 is the other adapter
+    outputs = llm.generate([{"prompt_embeds": e} for e, _ in pairs], params, lora_request=request_lora, use_tqdm=False)
+    assert [list(o.outputs[0].token_ids) for o in outputs] == [t for _, t in pairs]
