@@ -237,6 +237,13 @@ def served_lora(model_dir: str | Path, lm_dir: str | Path) -> Path | None:
     return final
 
 
+def served_model(model_dir: str | Path, load) -> tuple[Path, Path | None]:
+    """The checkpoint's export for vLLM: (language model, its LoRA adapter or None), each kept while its content
+    is unchanged. `load()` returns (model without the adapter applied, tokenizer); called only when exporting."""
+    lm_dir = served_language_model(model_dir, load)
+    return lm_dir, served_lora(model_dir, lm_dir)
+
+
 def load_model(model_dir: str | Path, dtype=None, adapter: str = "merge"):
     """An EmoReason checkpoint with its own LoRA adapter (`MODEL/adapter/`, written by training) applied:
     `adapter="merge"` folds it into the language model (inference, and the start of a next training stage),

@@ -39,13 +39,13 @@ def build_messages(media: str, task: str, label_space: str = "abaw_expr") -> lis
     return [{"role": "user", "content": [_part(media), {"type": "text", "text": question(task, labels)}]}]
 
 
-def exported_language_model(model, tokenizer, model_dir: Path) -> Path:
-    """The exported causal LM for a checkpoint, kept under `served/` and keyed by the checkpoint's content (see
-    `mllm.export.served_language_model`): reused while the files are unchanged, rebuilt when they change (whatever
-    their modification times) or when the export is incomplete or damaged."""
-    from mllm.export import served_language_model
+def exported_model(model, tokenizer, model_dir: Path) -> tuple[Path, Path | None]:
+    """The exported causal LM for a checkpoint and its own LoRA adapter (None without one), kept under `served/`
+    and keyed by the checkpoint's content (see `mllm.export.served_model`): reused while the files are unchanged,
+    rebuilt when they change (whatever their modification times) or when the export is incomplete or damaged."""
+    from mllm.export import served_model
 
-    return served_language_model(model_dir, lambda: (model, tokenizer))
+    return served_model(model_dir, lambda: (model, tokenizer))
 
 
 @contextlib.contextmanager
@@ -64,7 +64,7 @@ def stdout_to_stderr():
 
 
 def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max_new_tokens: int = 160) -> dict:
-    from mllm.export import check_checkpoint, resolve_checkpoint, served_lora
+    from mllm.export import check_checkpoint, resolve_checkpoint
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {TASKS}")
@@ -94,8 +94,7 @@ def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max
         os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for the result
         with torch.no_grad():
             embeds = model.build_inputs_embeds(**batch)[0]
-        lm_dir = exported_language_model(model, processor.tokenizer, model_dir)
-        lora_dir = served_lora(model_dir, lm_dir)
+        lm_dir, lora_dir = exported_model(model, processor.tokenizer, model_dir)
         regex = answer_regex(task, model.config.label_space, max_think_chars=max_new_tokens // 2)
         with stdout_to_stderr():
             text = _generate_with_vllm(lm_dir, embeds, regex, max_new_tokens, lora_dir)

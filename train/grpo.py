@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 
 import torch
 from trl import GRPOTrainer
@@ -164,8 +163,7 @@ class EmoReasonGRPOTrainer(EmoReasonTrainerMixin, GRPOTrainer):
 def build_trainer(recipe):
     """(trainer, processor, label space, checkpoint to resume from): everything checked and loaded, nothing run."""
     from mllm.export import language_model_lora_config
-    from train.data import dataset_label_space, load_split
-    from train.model import check_model, claim_run_dir, load_model_and_processor
+    from train.model import load_inputs
     from train.rewards import get_reward_funcs
 
     if recipe.use_vllm:
@@ -173,11 +171,7 @@ def build_trainer(recipe):
             "use_vllm: TRL's vLLM generation sends token ids and images only and cannot carry EmoReason's "
             "embeddings; GRPO generates with transformers (set use_vllm: false)"
         )
-    space = dataset_label_space(recipe.data)
-    train = load_split(recipe.data, recipe.train_split, recipe.tasks, recipe.max_train_samples, recipe.seed)
-    check_model(recipe)
-    resume_from = claim_run_dir(recipe, protect=[recipe.model, recipe.data])  # inputs checked first
-    model, processor, _ = load_model_and_processor(recipe)
+    space, train, resume_from, model, processor = load_inputs(recipe)
     model.freeze_base()
     rewards = get_reward_funcs(recipe.rewards, {"length": {"max_chars": recipe.length_max_chars}})
     # TRL wraps the model in the adapter itself: a model handed over already wrapped would get a second, "ref"
@@ -197,21 +191,6 @@ def build_trainer(recipe):
 
 
 def main(recipe):
-    from train.model import write_final_model
+    from train.model import run_stage
 
-    started = time.time()
-    trainer, processor, space, resume_from = build_trainer(recipe)
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    report = {
-        "stage": "grpo",
-        "started_from": recipe.model,
-        "data": recipe.data,
-        "label_space": space,
-        "rewards": recipe.rewards,
-        "reward_weights": recipe.reward_weights,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "log_history": trainer.state.log_history,
-        "seconds": round(time.time() - started, 1),
-    }
-    return write_final_model(trainer, processor, space, report)
+    return run_stage(build_trainer, recipe, stage="grpo", rewards=recipe.rewards, reward_weights=recipe.reward_weights)

@@ -80,6 +80,40 @@ def load_model_and_processor(recipe):
     return model, EmoReasonProcessor.from_pretrained(model_dir), Path(model_dir)
 
 
+def load_inputs(recipe):
+    """The checks and loads both stages start with: (label space, training rows, checkpoint to resume from, model,
+    processor). The data and the model are checked before the run folder is claimed, so bad input leaves none."""
+    from train.data import dataset_label_space, load_split
+
+    space = dataset_label_space(recipe.data)
+    train = load_split(recipe.data, recipe.train_split, recipe.tasks, recipe.max_train_samples, recipe.seed)
+    check_model(recipe)
+    resume_from = claim_run_dir(recipe, protect=[recipe.model, recipe.data])
+    model, processor, _ = load_model_and_processor(recipe)
+    return space, train, resume_from, model, processor
+
+
+def run_stage(build_trainer, recipe, **report) -> Path | None:
+    """Build a stage's trainer, train (from the checkpoint to resume from, if any) and write the final model with a
+    report: `report` (stage name, its own settings) plus what every run records."""
+    import time
+
+    started = time.time()
+    trainer, processor, space, resume_from = build_trainer(recipe)
+    result = trainer.train(resume_from_checkpoint=resume_from)
+    report = {
+        **report,
+        "started_from": recipe.model,
+        "data": recipe.data,
+        "label_space": space,
+        "global_step": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "log_history": trainer.state.log_history,
+        "seconds": round(time.time() - started, 1),
+    }
+    return write_final_model(trainer, processor, space, report)
+
+
 def make_trainable(model, recipe, lora: bool, new_modules: bool):
     """LoRA on the language model only (vLLM serves nothing else); the new modules trained in full when asked.
     Returns the model to train (PEFT-wrapped when `lora`)."""
@@ -216,10 +250,9 @@ def write_final_model(trainer, processor, label_space: str, report: dict) -> Pat
 
 def export_final_model(final: Path) -> None:
     """The ready-to-serve export of a final model folder (language model + LoRA, keyed by content)."""
-    from mllm.export import load_model, served_language_model, served_lora
+    from mllm.export import load_model, served_model
     from mllm.processor import EmoReasonProcessor
 
-    def load():
-        return load_model(final, adapter="ignore"), EmoReasonProcessor.from_pretrained(final).tokenizer
-
-    served_lora(final, served_language_model(final, load))
+    served_model(
+        final, lambda: (load_model(final, adapter="ignore"), EmoReasonProcessor.from_pretrained(final).tokenizer)
+    )

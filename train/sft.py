@@ -11,8 +11,6 @@ inputs from the media through `build_inputs_embeds`, so the loss sees every moda
 
 from __future__ import annotations
 
-import time
-
 from trl import SFTTrainer
 
 from train.model import EmoReasonTrainerMixin
@@ -24,16 +22,12 @@ class EmoReasonSFTTrainer(EmoReasonTrainerMixin, SFTTrainer):
 
 def build_trainer(recipe):
     """(trainer, processor, label space, checkpoint to resume from): everything checked and loaded, nothing run."""
-    from train.data import SFTCollator, dataset_label_space, load_split
-    from train.model import check_model, claim_run_dir, load_model_and_processor, make_trainable
+    from train.data import SFTCollator, load_split
+    from train.model import load_inputs, make_trainable
     from train.progress import SampleCompletions
 
-    space = dataset_label_space(recipe.data)
-    train = load_split(recipe.data, recipe.train_split, recipe.tasks, recipe.max_train_samples, recipe.seed)
     evaluation = load_split(recipe.data, recipe.eval_split, recipe.tasks) if recipe.eval_split else None
-    check_model(recipe)
-    resume_from = claim_run_dir(recipe, protect=[recipe.model, recipe.data])  # inputs checked first
-    model, processor, _ = load_model_and_processor(recipe)
+    space, train, resume_from, model, processor = load_inputs(recipe)
     lora = recipe.stage == "sft" and recipe.lora_r > 0
     trainable = make_trainable(model, recipe, lora=lora, new_modules=recipe.new_modules_lr != 0)
     if not any(p.requires_grad for p in trainable.parameters()):
@@ -53,19 +47,6 @@ def build_trainer(recipe):
 
 
 def main(recipe):
-    from train.model import write_final_model
+    from train.model import run_stage
 
-    started = time.time()
-    trainer, processor, space, resume_from = build_trainer(recipe)
-    result = trainer.train(resume_from_checkpoint=resume_from)
-    report = {
-        "stage": recipe.stage,
-        "started_from": recipe.model,
-        "data": recipe.data,
-        "label_space": space,
-        "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
-        "log_history": trainer.state.log_history,
-        "seconds": round(time.time() - started, 1),
-    }
-    return write_final_model(trainer, processor, space, report)
+    return run_stage(build_trainer, recipe, stage=recipe.stage)
