@@ -101,6 +101,8 @@ def run_stage(build_trainer, recipe, **report) -> Path | None:
     started = time.time()
     trainer, processor, space, resume_from = build_trainer(recipe)
     result = trainer.train(resume_from_checkpoint=resume_from)
+    from accelerate.utils import gather_object
+
     report = {
         **report,
         "started_from": recipe.model,
@@ -110,8 +112,26 @@ def run_stage(build_trainer, recipe, **report) -> Path | None:
         "train_loss": result.training_loss,
         "log_history": trainer.state.log_history,
         "seconds": round(time.time() - started, 1),
+        "processes": trainer.accelerator.num_processes,
+        # One digest of the trained weights per process: under data parallelism they must all be equal (under
+        # ZeRO-3 each process holds a different slice, so there is nothing to compare).
+        "weights_sha256_per_process": None
+        if is_zero3(trainer)
+        else gather_object([trained_weights_digest(trainer.model)]),
     }
     return write_final_model(trainer, processor, space, report)
+
+
+def trained_weights_digest(model) -> str:
+    """SHA-256 over the trainable parameters (adapter and new modules), by name: equal digests, equal weights."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if p.requires_grad:
+            digest.update(name.encode())
+            digest.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def make_trainable(model, recipe, lora: bool, new_modules: bool):
@@ -158,10 +178,23 @@ def parameter_groups(model, learning_rate: float, new_modules_lr: float | None, 
     ]
 
 
-def new_module_state(model) -> dict[str, torch.Tensor]:
+def new_module_state(model, state_dict: dict | None = None) -> dict[str, torch.Tensor]:
+    """The new modules' weights by their names in the composed model. Under DeepSpeed ZeRO-3 the parameters are
+    partitioned (empty on each process): pass the full `state_dict` the trainer gathered, keyed as `model` names
+    its parameters (PEFT's `base_model.model.` prefix included)."""
     composed = model.get_base_model() if hasattr(model, "get_base_model") else model
     new = {id(p) for p in composed.new_module_parameters()}
-    return {n: p.detach().cpu().contiguous() for n, p in composed.named_parameters() if id(p) in new}
+    names = [n for n, p in composed.named_parameters() if id(p) in new]
+    if state_dict is None:
+        params = dict(composed.named_parameters())
+        return {n: params[n].detach().cpu().contiguous() for n in names}
+    prefix = "base_model.model." if composed is not model else ""
+    return {n: state_dict[prefix + n].detach().cpu().contiguous() for n in names}
+
+
+def is_zero3(trainer) -> bool:
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
 
 
 class EmoReasonTrainerMixin:
@@ -185,7 +218,8 @@ class EmoReasonTrainerMixin:
         if self.args.should_save and hasattr(self.model, "get_base_model"):
             from safetensors.torch import save_file
 
-            save_file(new_module_state(self.model), os.path.join(output_dir or self.args.output_dir, NEW_MODULES_FILE))
+            state = new_module_state(self.model, state_dict if is_zero3(self) else None)
+            save_file(state, os.path.join(output_dir or self.args.output_dir, NEW_MODULES_FILE))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -223,6 +257,8 @@ def write_final_model(trainer, processor, label_space: str, report: dict) -> Pat
     from mllm.outputs import atomic_dir, atomic_write_text
 
     trainer.accelerator.wait_for_everyone()
+    # Under ZeRO-3 every process holds a slice of each weight: all take part in gathering the whole state.
+    gathered = trainer.accelerator.get_state_dict(trainer.model) if is_zero3(trainer) else None
     if not trainer.is_world_process_zero():
         return None
     model = trainer.accelerator.unwrap_model(trainer.model)
@@ -230,18 +266,19 @@ def write_final_model(trainer, processor, label_space: str, report: dict) -> Pat
     peft = hasattr(model, "get_base_model")
     composed = model.get_base_model() if peft else model
     composed.config.label_space = label_space
+    full = gathered if gathered is not None else model.state_dict()
     with atomic_dir(final) as tmp:
         if peft:
-            model.save_pretrained(tmp / "adapter")
+            model.save_pretrained(tmp / "adapter", state_dict=gathered)
             # The base as trained, without the adapter's layers: LoRA's wrapped linears saved under their own names.
             state = {
-                k.replace(".base_layer.", "."): v.detach().cpu().contiguous()
-                for k, v in composed.state_dict().items()
+                k.removeprefix("base_model.model.").replace(".base_layer.", "."): v.detach().cpu().contiguous()
+                for k, v in full.items()
                 if "lora_" not in k
             }
             composed.save_pretrained(tmp, state_dict=state)
         else:
-            composed.save_pretrained(tmp)
+            composed.save_pretrained(tmp, state_dict=gathered)
         processor.save_pretrained(tmp)
         atomic_write_text(tmp / "train_report.json", json.dumps(report, indent=1, default=str) + "\n")
     export_final_model(final)

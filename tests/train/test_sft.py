@@ -2,6 +2,7 @@
 feeds every modality to TRL's loss, refuses bad recipes and data in one line, and resumes after SIGKILL."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -181,3 +182,41 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dir, expression_d
     assert a.keys() == b.keys()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_under_accelerate_launch_agree_on_the_final_weights(tiny_dir, expression_data, tmp_path):
+    """The same command under `accelerate launch` with 2 processes (torch.distributed over gloo on CPU): each
+    process trains on its own half of every batch, and all end with the same weights."""
+    out = tmp_path / "ddp"
+    port = str(_free_port())
+    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    args = sft_args(tiny_dir / "emoreason", expression_data, out, "--max_steps", 3, "--save_steps", 3)
+    done = subprocess.run(
+        [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "mllm.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "model" / "train_report.json").read_text())
+    assert report["processes"] == 2 and report["global_step"] == 3
+    digests = report["weights_sha256_per_process"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    # The processes took turns over the batches of 4: an epoch took half the steps of one process.
+    from train.data import load_split
+
+    batches = math.ceil(len(load_split(expression_data, "train")) / 4)
+    epoch = [h for h in report["log_history"] if h.get("step") == 3 and "epoch" in h][-1]["epoch"]
+    assert epoch == pytest.approx(3 / math.ceil(batches / 2))
+    assert not list(out.rglob("*.emoreason-tmp-*"))
