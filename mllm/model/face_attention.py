@@ -87,5 +87,8 @@ class FaceRegionGuidedAttention(nn.Module):
         regions = self.norm_region(self.region_tokens(landmarks_01))
         bias = self._distance_bias(landmarks_01, visual.shape[1])
         attended, _ = self.attention(self.norm_visual(visual), regions, regions, attn_mask=bias, need_weights=False)
-        out = visual + self.gate * attended
+        # The residual is measured in units of each visual token's own scale (its RMS): the gate is the share of
+        # the token the geometry may change, whatever scale the vision projector works at.
+        scale = visual.pow(2).mean(-1, keepdim=True).sqrt()
+        out = visual + self.gate * attended * scale
         return torch.where(has_face.view(-1, 1, 1).to(visual.device), out, visual)

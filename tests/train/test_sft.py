@@ -154,7 +154,7 @@ def _weights(run: Path) -> dict:
 
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dir, expression_data, tmp_path):
-    steps = ["--max_steps", 8, "--save_steps", 2, "--logging_steps", 1]
+    steps = ["--max_steps", 8, "--save_steps", 2, "--logging_steps", 1, "--per_device_train_batch_size", 4]
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen(
@@ -169,7 +169,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dir, expression_d
         assert proc.poll() is None, "the run ended before it could be killed"
         assert time.time() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)  # mid-epoch: 8 steps of 4 samples over ~40 samples
+    proc.send_signal(signal.SIGKILL)  # mid-epoch: 3 steps of 4 samples make an epoch of these 12 photographs
     proc.wait()
     assert not (killed / "model").exists()
 
@@ -200,7 +200,8 @@ def test_two_processes_under_accelerate_launch_agree_on_the_final_weights(tiny_d
     launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    args = sft_args(tiny_dir / "emoreason", expression_data, out, "--max_steps", 3, "--save_steps", 3)
+    args = sft_args(tiny_dir / "emoreason", expression_data, out, "--max_steps", 3, "--save_steps", 3,
+                    "--per_device_train_batch_size", 4)  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "mllm.cli", *args],
         cwd=REPO,

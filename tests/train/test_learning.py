@@ -1,0 +1,94 @@
+"""Learning, end to end, from files on disk: real photographs (the astronaut and LFW faces shipped in scikit-image)
+warped into Happiness / Sadness / Surprise, written in RAF-DB's official layout with OpenFace AU CSVs, run through
+`emoreason data build`; `emoreason train sft` with the tiny CPU recipe on the tiny checkpoint then answers for faces
+it never saw well above chance, citing its class's AUs. (That GRPO from this output raises the mean reward is not
+shown yet: see the README's Learning paragraph.)
+
+The recipes run as shipped (only the paths are given). Run these under ATEN_CPU_CAPABILITY=default and =avx2 too,
+and with EMOREASON_LEARNING_SEEDS=0,1,2: CI machines differ."""
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mllm.cli import main
+from tests.conftest import SFT_RECIPE
+
+SEEDS = [int(s) for s in os.environ.get("EMOREASON_LEARNING_SEEDS", "0").split(",")]
+CLASS_AUS = {
+    "Happiness": {"AU6", "AU12"},
+    "Sadness": {"AU1", "AU4", "AU15"},
+    "Surprise": {"AU1", "AU2", "AU5", "AU26"},
+}
+
+
+@pytest.fixture(scope="module")
+def photo_data(tmp_path_factory):
+    """70 training identities and 15 held-out ones, each warped into every class."""
+    from mllm.expression_photos import write_rafdb_expression_tree
+
+    root = tmp_path_factory.mktemp("photos")
+    summary = write_rafdb_expression_tree(root / "rafdb", root / "openface", train_faces=70, test_faces=15, seed=0)
+    assert not set(summary["identities"]["train"]) & set(summary["identities"]["test"])
+    out = root / "data"
+    assert main(["data", "build", "rafdb", "--root", str(root / "rafdb"), "--openface", str(root / "openface"),
+                 "--out", str(out)]) == 0  # fmt: skip
+    return out
+
+
+@pytest.fixture(scope="module", params=SEEDS, ids=lambda s: f"seed{s}")
+def sft_learned(request, tiny_dir, photo_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("sft-learn") / "run"
+    args = ["train", "sft", "--config", str(SFT_RECIPE), "--model", str(tiny_dir / "emoreason"), "--data",
+            str(photo_data), "--output_dir", str(out), "--report_to", "none", "--seed", request.param]  # fmt: skip
+    assert main(list(map(str, args))) == 0
+    return out
+
+
+@torch.no_grad()
+def held_out_answers(run: Path, data: Path) -> list[tuple[dict, str]]:
+    """(sample, greedy completion) for every held-out sample, from the final model folder as predict loads it."""
+    from mllm.export import load_model
+    from mllm.processor import EmoReasonProcessor
+    from train.data import conversation, load_split
+
+    model = load_model(run / "model").eval()
+    processor = EmoReasonProcessor.from_pretrained(run / "model")
+    rows = load_split(data, "test")
+    out = []
+    for start in range(0, len(rows), 24):
+        chunk = rows.select(range(start, min(start + 24, len(rows))))
+        batch = processor([conversation(r, with_target=False) for r in chunk])
+        tokens = model.generate(**batch, max_new_tokens=200, do_sample=False)
+        out += [(row, processor.decode(t)) for row, t in zip(chunk, tokens, strict=True)]
+    return out
+
+
+def test_sft_answers_held_out_faces_above_chance_citing_the_class_aus(sft_learned, photo_data):
+    from mllm.output import parse
+    from mllm.scoring import cited_aus
+
+    answers = held_out_answers(sft_learned, photo_data)
+    truth = [row["expression"] for row, _ in answers]
+    parsed = [parse(text, "expr", "basic7") for _, text in answers]
+    predicted = [p.answer if p.ok else None for p in parsed]
+    accuracy = np.mean([p == t for p, t in zip(predicted, truth, strict=True)])
+    majority = max(Counter(truth).values()) / len(truth)
+    report = json.loads((sft_learned / "model" / "train_report.json").read_text())
+    losses = [h["loss"] for h in report["log_history"] if "loss" in h]
+    print(f"held-out accuracy {accuracy:.3f} (majority class {majority:.3f}); {Counter(predicted)}")
+    assert np.mean(losses[-3:]) < 0.25 * np.mean(losses[:3])
+    assert np.mean([p.ok for p in parsed]) >= 0.9  # the grammar is learned
+    # 3 classes: chance is a third. Measured on 4 seeds: 0.56-0.78 (41 faces never seen in training).
+    assert accuracy >= 0.5 and accuracy >= majority + 0.12
+    # The reasoning cites the AUs of the class it answers, and of the true class when right.
+    cited = [set(cited_aus(text)) for _, text in answers]
+    right = [(c, t) for c, p, t in zip(cited, predicted, truth, strict=True) if p == t]
+    assert np.mean([c == CLASS_AUS[t] for c, t in right]) >= 0.9
+    answered = [(c, p) for c, p in zip(cited, predicted, strict=True) if p in CLASS_AUS]
+    assert np.mean([c <= CLASS_AUS[p] for c, p in answered]) >= 0.9
