@@ -173,15 +173,18 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dir, expression_d
     proc.wait()
     assert not (killed / "model").exists()
 
-    assert main(sft_args(tiny_dir / "emoreason", expression_data, killed, *steps, "--resume")) == 0
-    assert main(sft_args(tiny_dir / "emoreason", expression_data, tmp_path / "straight", *steps)) == 0
+    # All three runs in one thread each: a different thread count sums in a different order, and Adam turns those
+    # last-digit differences into ~1e-5 weight differences within 8 steps; with the same count resume is exact.
+    for out, extra in ((killed, ["--resume"]), (tmp_path / "straight", [])):
+        args = sft_args(tiny_dir / "emoreason", expression_data, out, *steps, *extra)
+        subprocess.run([sys.executable, "-m", "mllm.cli", *args], cwd=REPO, env=env, check=True, capture_output=True)
     resumed = json.loads((killed / "model" / "train_report.json").read_text())
     assert resumed["global_step"] == 8
     assert not list(killed.rglob("*.emoreason-tmp-*"))
     a, b = _weights(killed), _weights(tmp_path / "straight")
     assert a.keys() == b.keys()
     for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-4, atol=1e-5, msg=name)
+        torch.testing.assert_close(a[name], b[name], rtol=1e-6, atol=1e-7, msg=name)
 
 
 def _free_port() -> int:
