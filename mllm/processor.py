@@ -595,3 +595,20 @@ class EmoReasonProcessor:
 
     def decode(self, token_ids, skip_special_tokens: bool = True) -> str:
         return self.tokenizer.decode(token_ids, skip_special_tokens=skip_special_tokens)
+
+
+_MEDIA_CAT_KEYS = ("pixel_values", "image_landmarks", "image_has_face", "audio_lengths", "audio_token_counts")
+
+
+def concat_media(rows: list[dict], device=None) -> dict:
+    """The media of several samples (each as our processor returns them for one conversation) as one batch's."""
+    out = {}
+    for key in _MEDIA_CAT_KEYS:
+        parts = [r[key] for r in rows if key in r]
+        if parts:
+            out[key] = torch.cat(parts)
+    audio = [r["audio_values"] for r in rows if "audio_values" in r]
+    if audio:
+        longest = max(a.shape[1] for a in audio)
+        out["audio_values"] = torch.cat([torch.nn.functional.pad(a, (0, longest - a.shape[1])) for a in audio])
+    return {k: v.to(device) for k, v in out.items()} if device is not None else out

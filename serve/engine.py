@@ -1,0 +1,434 @@
+"""The one serving engine: the endpoint, the demo, `emoreason analyze` and batch evaluation all answer through it.
+
+    engine = Engine("runs/sft/model", adapters={"grpo": "runs/grpo/model"})
+    await engine.start()
+    result = await engine.complete(messages, task="expr")          # or: async for delta in engine.stream(...)
+    await engine.shutdown()
+
+Our processor and the composed model's encoders (vision tower, face attention, audio branch) run in this process,
+in a worker thread so the caller's event loop never blocks; requests that arrive while a batch is encoding are
+encoded together in the next one. vLLM's `AsyncLLM` runs the checkpoint's exported language model fed
+`prompt_embeds` (ARCHITECTURE.md, decisions 2 and 9), with every LoRA adapter loaded and chosen per request by
+model name. When a request names a task, the completion is constrained to that task's grammar (vLLM structured
+outputs), so it always parses.
+
+An adapter is a trained EmoReason folder (training's output: its LoRA, and new modules that may differ from the
+main model's) or a PEFT LoRA adapter folder for the same base. A folder whose new modules differ gets its own
+copy of the encoders in memory; its language model must be the main model's, since vLLM serves one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mllm.output import TASKS
+
+# vLLM's LoRA slot sizes: an adapter of rank r is served in the smallest slot >= r.
+LORA_SLOTS = (8, 16, 32, 64, 128, 256, 320, 512)
+
+
+class RequestError(ValueError):
+    """A request the engine refuses (bad media, unknown model or task, too long): the caller's fault, a 4xx."""
+
+    def __init__(self, message: str, code: str = "invalid_request", param: str | None = None, status: int = 400):
+        super().__init__(message)
+        self.code, self.param, self.status = code, param, status
+
+
+@dataclass
+class Delta:
+    """A piece of a completion as it is generated; the last one has `finish_reason` set."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None = None
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    finish_reason: str | None
+    prompt_tokens: int
+    task: str | None
+    parsed: dict = field(default_factory=dict)
+
+
+@dataclass
+class _Served:
+    """A name requests can use: which encoders build its embeddings and which LoRA (if any) vLLM applies."""
+
+    name: str
+    encoder: str
+    lora_path: Path | None
+    lora_id: int | None
+
+
+def _new_module_digest(model) -> str:
+    digest = hashlib.sha256()
+    for name, p in sorted(model.named_parameters()):
+        if any(p is q for q in model.new_module_parameters()):
+            digest.update(name.encode())
+            digest.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _same_language_model(a, b) -> bool:
+    sa, sb = a.base.language_model.state_dict(), b.base.language_model.state_dict()
+    import torch
+
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def parsed_result(text: str, task: str | None, label_space: str) -> dict:
+    """The parsed answer for the API's `emoreason` field: task, ok, and the task's fields, or the parse error.
+    Without a named task, the first task whose grammar the completion follows (expr first)."""
+    from mllm.output import parse
+    from mllm.scoring import cited_aus
+
+    results = [(t, parse(text, t, label_space)) for t in ([task] if task else TASKS)]
+    t, result = next(((t, r) for t, r in results if r.ok), results[0])
+    if not result.ok:
+        return {"task": task, "ok": False, "error": result.error, "message": result.message}
+    out = {"task": t, "ok": True, "think": result.think, "cited_aus": list(cited_aus(result.think))}
+    if t == "expr":
+        out["label"] = result.answer
+    elif t == "au":
+        out["aus"] = list(result.answer)
+    elif t == "va":
+        out["valence"], out["arousal"] = result.answer
+    else:
+        out["ambivalence_hesitancy"] = "present" if result.answer else "absent"
+    return out
+
+
+class Engine:
+    """Encoders here, the language model in vLLM. Construct (loads and exports; seconds to minutes), `await
+    start()` (starts vLLM), then `stream` / `complete` from any number of concurrent tasks on one event loop."""
+
+    def __init__(
+        self,
+        model_dir: str | Path,
+        adapters: dict[str, str | Path] | None = None,
+        *,
+        name: str | None = None,
+        dtype: str | None = None,
+        enforce_eager: bool | None = None,
+        max_model_len: int = 4096,
+        max_num_seqs: int = 64,
+        encoder_batch: int = 16,
+        kv_cache_gib: float | None = None,
+        seed: int = 0,
+    ):
+        from mllm.export import check_checkpoint, load_model, resolve_checkpoint, served_model
+        from mllm.processor import EmoReasonProcessor
+
+        self.model_dir = resolve_checkpoint(model_dir)
+        check_checkpoint(self.model_dir, processor=True)
+        for adapter_name, path in (adapters or {}).items():  # every folder checked before any slow load
+            if not adapter_name or "=" in adapter_name:
+                raise ValueError(f"adapter name {adapter_name!r}: give NAME=PATH with a non-empty NAME")
+            if not Path(path).is_dir():
+                raise FileNotFoundError(f"adapter {adapter_name}: {path}: no such folder")
+        self.name = name or Path(str(self.model_dir)).name
+        self.encoder_batch = max(1, encoder_batch)
+        self.max_model_len = max_model_len
+        self.seed = seed
+        import torch
+
+        cpu = not torch.cuda.is_available()
+        # On CPU, bf16 with compiled graphs is the fast setting (ARCHITECTURE.md); on GPU, vLLM's defaults.
+        self.dtype = dtype or ("bfloat16" if cpu else "auto")
+        self.enforce_eager = bool(enforce_eager) if enforce_eager is not None else False
+        self.max_num_seqs = max_num_seqs
+        if cpu:
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib or 2))
+
+        main = load_model(self.model_dir, adapter="ignore").eval()
+        self.processor = EmoReasonProcessor.from_pretrained(self.model_dir)
+        self.label_space = main.config.label_space
+        self.lm_dir, own_lora = served_model(self.model_dir, lambda: (main, self.processor.tokenizer))
+        self.encoders = {_new_module_digest(main): main}
+        main_key = next(iter(self.encoders))
+        ids = itertools.count(1)
+        self.served: dict[str, _Served] = {
+            self.name: _Served(self.name, main_key, own_lora, next(ids) if own_lora else None)
+        }
+        for adapter_name, path in (adapters or {}).items():
+            if adapter_name in self.served:
+                raise ValueError(f"adapter name {adapter_name!r} is taken (the main model is {self.name!r})")
+            encoder, lora = self._load_adapter(adapter_name, Path(path), main)
+            self.served[adapter_name] = _Served(adapter_name, encoder, lora, next(ids) if lora else None)
+        self.llm = None
+        self._pending: list = []
+        self._wake: asyncio.Event | None = None
+        self._batcher: asyncio.Task | None = None
+        self.stats = {"encoded": 0, "encoder_batches": 0, "largest_encoder_batch": 0, "running": 0}
+
+    # Loading ------------------------------------------------------------------------------------------------------
+
+    def _load_adapter(self, name: str, path: Path, main) -> tuple[str, Path | None]:
+        from mllm.export import (
+            check_adapter,
+            content_key,
+            convert_lora_adapter,
+            load_model,
+            served_folder,
+            served_lora,
+            write_export,
+        )
+
+        if (path / "config.json").is_file():  # a trained EmoReason folder: its own new modules and LoRA
+            from mllm.export import check_checkpoint
+
+            check_checkpoint(path)
+            other = load_model(path, adapter="ignore").eval()
+            if not _same_language_model(main, other):
+                raise ValueError(
+                    f"adapter {name}: {path} has a different language model from {self.model_dir}; "
+                    "one server serves one language model (start a second server for it)"
+                )
+            key = _new_module_digest(other)
+            self.encoders.setdefault(key, other)
+            lora = served_lora(path, self.lm_dir)
+            if lora is None:
+                raise ValueError(f"adapter {name}: {path} has no LoRA adapter (adapter/adapter_config.json)")
+            return key, lora
+        if not (path / "adapter_config.json").is_file():
+            raise ValueError(f"adapter {name}: {path} is neither an EmoReason folder nor a PEFT adapter folder")
+        check_adapter(path)
+        key = content_key(path, salt=f"{content_key(self.model_dir)} {self.lm_dir.resolve()}")
+        final = served_folder(self.model_dir, key) / "adapters" / key[:32]
+        write_export(final, key, lambda tmp: convert_lora_adapter(path, tmp, main, self.lm_dir))
+        return next(iter(self.encoders)), final
+
+    async def start(self) -> None:
+        """Start vLLM (20-60 s on CPU) and the encoder batcher, on the running event loop."""
+        import json
+
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        lora = {}
+        ranks = [json.loads((s.lora_path / "adapter_config.json").read_text())["r"] for s in self.served.values()
+                 if s.lora_path is not None]  # fmt: skip
+        if ranks:
+            slot = next((r for r in LORA_SLOTS if r >= max(ranks)), max(ranks))
+            lora = {"enable_lora": True, "max_lora_rank": slot, "max_loras": len(ranks)}
+        args = AsyncEngineArgs(
+            model=str(self.lm_dir),
+            enable_prompt_embeds=True,
+            dtype=self.dtype,
+            enforce_eager=self.enforce_eager,
+            max_model_len=self.max_model_len,
+            max_num_seqs=self.max_num_seqs,
+            seed=self.seed,
+            **lora,
+        )
+        self.llm = AsyncLLM.from_engine_args(args)
+        self._wake = asyncio.Event()
+        self._batcher = asyncio.create_task(self._encode_loop())
+
+    async def shutdown(self) -> None:
+        if self._batcher is not None:
+            self._batcher.cancel()
+            self._batcher = None
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    # Encoding, batched across concurrent requests -------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        return list(self.served)
+
+    def _served(self, model: str | None) -> _Served:
+        if model is None or model == self.name:
+            return self.served[self.name]
+        if model not in self.served:
+            raise RequestError(
+                f"model {model!r} is not served here; available: {', '.join(self.served)}",
+                code="model_not_found",
+                param="model",
+                status=404,
+            )
+        return self.served[model]
+
+    async def embed(self, messages: list[dict], model: str | None = None, limits: dict | None = None):
+        """The prompt embeddings (tokens, hidden) of one conversation, from the encoders `model` uses."""
+        if self._wake is None:
+            raise RuntimeError("the engine is not started: await engine.start() first")
+        served = self._served(model)
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((served.encoder, messages, limits, future))
+        self._wake.set()
+        return await future
+
+    async def _encode_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch, self._pending = self._pending[: self.encoder_batch], self._pending[self.encoder_batch :]
+                batch = [item for item in batch if not item[3].done()]  # callers that gave up
+                if not batch:
+                    continue
+                try:
+                    results = await asyncio.to_thread(self._encode_batch, batch)
+                except Exception as exc:  # a failure of the batch as a whole reaches every caller in it
+                    results = [exc] * len(batch)
+                for (*_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+
+    def _encode_batch(self, batch: list) -> list:
+        """Render each conversation alone (one bad request fails alone), then run each encoder set's requests
+        through `build_inputs_embeds` as one batch."""
+        import torch
+
+        from mllm.media import MediaError
+        from mllm.processor import ProcessorInputError, concat_media
+
+        results: list = [None] * len(batch)
+        groups: dict[str, list[tuple[int, dict]]] = {}
+        for i, (encoder, messages, limits, _) in enumerate(batch):
+            try:
+                rows = self.processor([messages], add_generation_prompt=True, limits=limits)
+            except (MediaError, ProcessorInputError, ValueError) as exc:
+                results[i] = RequestError(f"{exc}", code="invalid_media" if isinstance(exc, MediaError) else None)
+                continue
+            groups.setdefault(encoder, []).append((i, rows))
+        for encoder, items in groups.items():
+            model = self.encoders[encoder]
+            ids = [rows["input_ids"][0][rows["attention_mask"][0].bool()] for _, rows in items]
+            longest = max(len(x) for x in ids)
+            if longest >= self.max_model_len:
+                for (i, _), x in zip(items, ids, strict=True):
+                    if len(x) >= self.max_model_len:
+                        results[i] = RequestError(
+                            f"the prompt is {len(x)} tokens; this server takes at most {self.max_model_len - 1}",
+                            code="context_length_exceeded",
+                        )
+                keep = [k for k, x in enumerate(ids) if len(x) < self.max_model_len]
+                items, ids = [items[k] for k in keep], [ids[k] for k in keep]
+                if not items:
+                    continue
+                longest = max(len(x) for x in ids)
+            pad = self.processor.tokenizer.pad_token_id
+            input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
+            mask = torch.zeros_like(input_ids)
+            for k, x in enumerate(ids):  # left padding, as the processor pads
+                input_ids[k, longest - len(x) :] = x
+                mask[k, longest - len(x) :] = 1
+            with torch.no_grad():
+                embeds = model.build_inputs_embeds(input_ids, **concat_media([rows for _, rows in items]))
+            for k, (i, _) in enumerate(items):
+                results[i] = embeds[k][mask[k].bool()].float().clone()
+            self.stats["encoded"] += len(items)
+        self.stats["encoder_batches"] += 1
+        self.stats["largest_encoder_batch"] = max(self.stats["largest_encoder_batch"], len(batch))
+        return results
+
+    # Generation ---------------------------------------------------------------------------------------------------
+
+    def sampling_params(self, task: str | None = None, max_tokens: int = 256, **sampling):
+        """vLLM SamplingParams for a request: its sampling fields passed through, the answer constrained to the
+        task's grammar when a task is named (the think then takes at most half the token budget in characters,
+        so the answer always fits)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        from mllm.output import answer_regex
+
+        if task is not None and task not in TASKS:
+            raise RequestError(f"unknown task {task!r}; valid: {', '.join(TASKS)}", param="task")
+        if not isinstance(max_tokens, int) or max_tokens < 1:
+            raise RequestError(f"max_tokens must be a positive integer, got {max_tokens!r}", param="max_tokens")
+        structured = None
+        if task is not None:
+            if max_tokens < 24:
+                raise RequestError("a task's answer needs max_tokens >= 24", param="max_tokens")
+            regex = answer_regex(task, self.label_space, max_think_chars=max(1, max_tokens // 2))
+            structured = StructuredOutputsParams(regex=regex)
+        sampling.setdefault("temperature", 0.0)
+        try:
+            return SamplingParams(
+                max_tokens=max_tokens,
+                structured_outputs=structured,
+                output_kind=RequestOutputKind.DELTA,
+                **{k: v for k, v in sampling.items() if v is not None},
+            )
+        except (ValueError, TypeError) as exc:
+            raise RequestError(f"sampling parameters: {exc}") from None
+
+    async def stream(
+        self,
+        messages: list[dict],
+        *,
+        model: str | None = None,
+        task: str | None = None,
+        params=None,
+        limits: dict | None = None,
+        request_id: str | None = None,
+        prompt_tokens: list | None = None,
+    ) -> AsyncIterator[Delta]:
+        """The completion as it is generated. Stopping the iteration (a client that left) aborts the request."""
+        from vllm.lora.request import LoRARequest
+
+        served = self._served(model)
+        params = params if params is not None else self.sampling_params(task)
+        embeds = await self.embed(messages, model, limits)
+        if prompt_tokens is not None:
+            prompt_tokens.append(int(embeds.shape[0]))
+        room = self.max_model_len - embeds.shape[0]
+        if params.max_tokens > room:
+            params.max_tokens = room  # the context bounds the completion; vLLM would refuse the request
+        if self.dtype == "bfloat16":
+            import torch
+
+            embeds = embeds.to(torch.bfloat16)
+        lora = LoRARequest(served.name, served.lora_id, str(served.lora_path)) if served.lora_path else None
+        request_id = request_id or uuid.uuid4().hex
+        self.stats["running"] += 1
+        try:
+            async for out in self.llm.generate({"prompt_embeds": embeds}, params, request_id, lora_request=lora):
+                piece = out.outputs[0]
+                yield Delta(piece.text, list(piece.token_ids), piece.finish_reason if out.finished else None)
+        finally:
+            self.stats["running"] -= 1
+
+    async def complete(self, messages: list[dict], *, task: str | None = None, **kwargs) -> Completion:
+        text, tokens, finish, prompt = [], [], None, []
+        async for delta in self.stream(messages, task=task, prompt_tokens=prompt, **kwargs):
+            text.append(delta.text)
+            tokens += delta.token_ids
+            finish = delta.finish_reason or finish
+        joined = "".join(text)
+        return Completion(joined, tokens, finish, prompt[0], task, parsed_result(joined, task, self.label_space))
+
+
+def question_messages(media: str | Path, task: str, label_space: str) -> list[dict]:
+    """One media file asked the task's question exactly as the data builders ask it in training."""
+    from mllm.labels import label_space as labels_of
+    from mllm.media import media_kind
+    from mllm.output import question
+
+    kind = media_kind(str(media))
+    labels = labels_of(label_space) if task == "expr" else ()
+    return [
+        {
+            "role": "user",
+            "content": [{"type": kind, kind: str(media)}, {"type": "text", "text": question(task, labels)}],
+        }
+    ]
