@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, str] = {
     "data": "data_builders.cli",
     "compose": "mllm.compose",
     "train": "train.cli",
+    "serve": "serve.api",
 }
 
 

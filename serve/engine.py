@@ -342,35 +342,42 @@ class Engine:
 
     # Generation ---------------------------------------------------------------------------------------------------
 
-    def sampling_params(self, task: str | None = None, max_tokens: int = 256, **sampling):
-        """vLLM SamplingParams for a request: its sampling fields passed through, the answer constrained to the
-        task's grammar when a task is named (the think then takes at most half the token budget in characters,
-        so the answer always fits)."""
-        from vllm import SamplingParams
+    def constrain(self, params, task: str | None):
+        """`params` (vLLM SamplingParams) made to stream deltas and, when a task is named, to follow that task's
+        grammar: the think then takes at most half the token budget in characters, so the answer always fits."""
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         from mllm.output import answer_regex
 
         if task is not None and task not in TASKS:
             raise RequestError(f"unknown task {task!r}; valid: {', '.join(TASKS)}", param="task")
+        params.output_kind = RequestOutputKind.DELTA
+        if task is not None:
+            if params.max_tokens is None or params.max_tokens < 24:
+                raise RequestError("a task's answer needs max_tokens >= 24", param="max_tokens")
+            regex = answer_regex(task, self.label_space, max_think_chars=max(1, params.max_tokens // 2))
+            params.structured_outputs = StructuredOutputsParams(regex=regex)
+        return params
+
+    def sampling_params(self, task: str | None = None, max_tokens: int = 256, **sampling):
+        """vLLM SamplingParams for a request: greedy unless told otherwise, constrained when a task is named."""
+        from vllm import SamplingParams
+
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestError(f"max_tokens must be a positive integer, got {max_tokens!r}", param="max_tokens")
-        structured = None
-        if task is not None:
-            if max_tokens < 24:
-                raise RequestError("a task's answer needs max_tokens >= 24", param="max_tokens")
-            regex = answer_regex(task, self.label_space, max_think_chars=max(1, max_tokens // 2))
-            structured = StructuredOutputsParams(regex=regex)
         sampling.setdefault("temperature", 0.0)
         try:
-            return SamplingParams(
-                max_tokens=max_tokens,
-                structured_outputs=structured,
-                output_kind=RequestOutputKind.DELTA,
-                **{k: v for k, v in sampling.items() if v is not None},
-            )
+            params = SamplingParams(max_tokens=max_tokens, **{k: v for k, v in sampling.items() if v is not None})
         except (ValueError, TypeError) as exc:
             raise RequestError(f"sampling parameters: {exc}") from None
+        return self.constrain(params, task)
+
+    def served_name(self, model: str | None) -> str:
+        """The served name a request's `model` picks (the main model when none is named)."""
+        return self._served(model).name
+
+    def parse(self, text: str, task: str | None) -> dict:
+        return parsed_result(text, task, self.label_space)
 
     async def stream(
         self,
@@ -382,13 +389,16 @@ class Engine:
         limits: dict | None = None,
         request_id: str | None = None,
         prompt_tokens: list | None = None,
+        embeds=None,
     ) -> AsyncIterator[Delta]:
-        """The completion as it is generated. Stopping the iteration (a client that left) aborts the request."""
+        """The completion as it is generated. Stopping the iteration (a client that left) aborts the request.
+        `embeds`: the prompt's embeddings when the caller computed them already (`embed`)."""
         from vllm.lora.request import LoRARequest
 
         served = self._served(model)
         params = params if params is not None else self.sampling_params(task)
-        embeds = await self.embed(messages, model, limits)
+        if embeds is None:
+            embeds = await self.embed(messages, model, limits)
         if prompt_tokens is not None:
             prompt_tokens.append(int(embeds.shape[0]))
         room = self.max_model_len - embeds.shape[0]

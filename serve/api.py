@@ -1,0 +1,457 @@
+"""The OpenAI-compatible endpoint over the engine: what the official `openai` client talks to.
+
+    emoreason serve --model runs/sft/model [--adapter grpo=runs/grpo/model] [--port 8000] [--api-key KEY]
+
+    POST /v1/chat/completions   (stream: true answers as server-sent events)
+    GET  /v1/models, /health, /metrics (Prometheus)
+
+A request may name the task in an extra body field (`extra_body={"task": "expr"}` with the `openai` client): the
+answer is then constrained to that task's grammar. Every response carries the parsed result in an extra field,
+`emoreason` (on the last chunk when streaming). Requests are parsed by vLLM's pydantic `ChatCompletionRequest`
+(its sampling fields pass through to vLLM unchanged) and answered with the `openai` package's types.
+
+Refusals are 4xx with OpenAI's error body and never stop the server: a body over `--max-body-mb`, a wrong or
+missing API key (compared in constant time), media outside `--allow-media-dir`, remote URLs unless
+`--allow-remote-media`, corrupt or over-long media (the processor's limits), an unknown model or task, and a full
+queue (503). Media are decoded from the request in memory and not kept after it.
+"""
+
+import asyncio
+import base64
+import contextlib
+import hmac
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from serve.engine import Engine, RequestError
+
+
+@dataclass
+class Policy:
+    """What a request may do: read under `allow_media_dirs`, fetch remote URLs, its size, time and queue."""
+
+    api_key: str | None = None
+    allow_media_dirs: tuple[Path, ...] = ()
+    allow_remote_media: bool = False
+    max_body_bytes: int = 64 * 1024 * 1024
+    max_queue: int = 256
+    request_timeout_s: float = 300.0
+    max_tokens: int = 512
+    default_max_tokens: int = 256
+    remote_timeout_s: float = 20.0
+    media_dirs: tuple[Path, ...] = field(init=False, default=())
+
+    def __post_init__(self):
+        self.media_dirs = tuple(Path(d).resolve() for d in self.allow_media_dirs)
+
+
+def error_body(message: str, code: str | None = None, param: str | None = None, kind: str = "invalid_request_error"):
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+class HTTPRefusal(Exception):
+    def __init__(self, status: int, message: str, code: str | None = None, param: str | None = None):
+        super().__init__(message)
+        self.status, self.code, self.param = status, code, param
+
+
+# Media policy -----------------------------------------------------------------------------------------------------
+
+
+def _checked_url(url: str, where: str, policy: Policy, fetched: dict) -> str:
+    """A media URL as the processor may read it: data: URLs as they are; local paths and file:// only under an
+    allowed folder; http(s) only when remote media are allowed (fetched before, in `fetched`)."""
+    if url.startswith("data:"):
+        return url
+    if url.startswith(("http://", "https://")):
+        if not policy.allow_remote_media:
+            raise HTTPRefusal(403, f"{where}: remote media URLs are not allowed on this server "
+                              "(send the media as a data: URL)", "media_not_allowed")  # fmt: skip
+        return fetched[url]
+    if "://" in url and not url.startswith("file://"):
+        raise HTTPRefusal(400, f"{where}: unsupported URL scheme in {url[:40]!r}", "invalid_media_url")
+    path = unquote(urlparse(url).path) if url.startswith("file://") else url
+    resolved = Path(path).resolve()
+    if not any(resolved.is_relative_to(d) for d in policy.media_dirs):
+        raise HTTPRefusal(403, f"{where}: server-local media are not allowed here (send the media as a data: URL"
+                          ", or start the server with --allow-media-dir)", "media_not_allowed")  # fmt: skip
+    return str(resolved)
+
+
+def _media_urls(messages: list) -> list[tuple[dict, str, str, str]]:
+    """(part, key, url, where) for every media URL in the messages; malformed shapes are left to the processor."""
+    found = []
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        if not isinstance(content, list):
+            continue
+        for j, part in enumerate(content):
+            if not isinstance(part, dict):
+                continue
+            for key in ("image_url", "video_url", "audio_url", "image", "video", "audio"):
+                value = part.get(key)
+                url = value.get("url") if isinstance(value, dict) else value
+                if isinstance(url, str):
+                    found.append((part, key, url, f"messages[{i}].content[{j}]"))
+    return found
+
+
+async def _fetch(url: str, where: str, policy: Policy) -> str:
+    import httpx
+
+    data = bytearray()
+    try:
+        async with (
+            httpx.AsyncClient(timeout=policy.remote_timeout_s, follow_redirects=False) as client,
+            client.stream("GET", url) as response,
+        ):
+            if response.status_code != 200:
+                raise HTTPRefusal(400, f"{where}: fetching {url[:80]} gave HTTP {response.status_code}", "media_fetch")
+            async for chunk in response.aiter_bytes():
+                data += chunk
+                if len(data) > policy.max_body_bytes:
+                    raise HTTPRefusal(413, f"{where}: {url[:80]} is larger than the body limit", "media_too_large")
+            kind = response.headers.get("content-type", "application/octet-stream").split(";")[0]
+    except httpx.HTTPError as exc:
+        raise HTTPRefusal(400, f"{where}: fetching {url[:80]} failed: {exc}", "media_fetch") from None
+    return f"data:{kind};base64," + base64.b64encode(bytes(data)).decode()
+
+
+async def police_media(messages: list, policy: Policy) -> list:
+    """The messages with every media URL checked (and remote ones fetched when allowed)."""
+    found = _media_urls(messages)
+    fetched = {}
+    for _, _, url, where in found:
+        if url.startswith(("http://", "https://")) and policy.allow_remote_media and url not in fetched:
+            fetched[url] = await _fetch(url, where, policy)
+    for part, key, url, where in found:
+        checked = _checked_url(url, where, policy, fetched)
+        if isinstance(part[key], dict):
+            part[key] = {**part[key], "url": checked}
+        else:
+            part[key] = checked
+    return messages
+
+
+# The app ----------------------------------------------------------------------------------------------------------
+
+
+class Metrics:
+    def __init__(self):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry()
+        self.requests = Counter("emoreason_requests", "chat completion requests by outcome", ["status"],
+                                registry=self.registry)  # fmt: skip
+        self.latency = Histogram("emoreason_request_latency_seconds", "request latency", registry=self.registry)
+        self.ttft = Histogram("emoreason_time_to_first_token_seconds", "time to first token", registry=self.registry)
+        self.prompt_tokens = Counter("emoreason_prompt_tokens", "prompt tokens", registry=self.registry)
+        self.completion_tokens = Counter("emoreason_completion_tokens", "completion tokens", registry=self.registry)
+        self.queue = Gauge("emoreason_queue_depth", "requests admitted and not finished", registry=self.registry)
+
+
+def _finish(reason: str | None) -> str:
+    return reason if reason in ("stop", "length") else "stop"
+
+
+def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool = True):
+    """The FastAPI app. With `start_engine`, the app's lifespan starts the engine and shuts it down."""
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from openai.types import Model
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+    from openai.types.completion_usage import CompletionUsage
+    from pydantic import ValidationError
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+
+    policy = policy or Policy()
+    metrics = Metrics()
+    state = {"active": 0, "started": time.time()}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        if start_engine:
+            await engine.start()
+        try:
+            yield
+        finally:
+            if start_engine:
+                await engine.shutdown()
+
+    app = FastAPI(title="EmoReason", lifespan=lifespan)
+    app.state.engine, app.state.metrics, app.state.policy, app.state.counters = engine, metrics, policy, state
+
+    def refuse(status: int, message: str, code=None, param=None) -> JSONResponse:
+        metrics.requests.labels(status=str(status)).inc()
+        return JSONResponse(error_body(message, code, param), status_code=status)
+
+    @app.exception_handler(HTTPRefusal)
+    async def _refusal(request, exc: HTTPRefusal):
+        return refuse(exc.status, str(exc), exc.code, exc.param)
+
+    @app.exception_handler(404)
+    async def _not_found(request, exc):
+        return refuse(404, f"no route {request.method} {request.url.path}", "not_found")
+
+    @app.exception_handler(405)
+    async def _not_allowed(request, exc):
+        return refuse(405, f"{request.method} is not allowed on {request.url.path}", "method_not_allowed")
+
+    def check_key(request: Request) -> None:
+        if policy.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        scheme, _, given = header.partition(" ")
+        ok = scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), policy.api_key.encode())
+        if not ok:
+            raise HTTPRefusal(401, "missing or wrong API key (Authorization: Bearer KEY)", "invalid_api_key")
+
+    async def read_body(request: Request) -> dict:
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > policy.max_body_bytes:
+            raise HTTPRefusal(413, f"the body is {int(declared)} bytes; this server takes at most "
+                              f"{policy.max_body_bytes}", "body_too_large")  # fmt: skip
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > policy.max_body_bytes:
+                raise HTTPRefusal(413, f"the body is over {policy.max_body_bytes} bytes", "body_too_large")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise HTTPRefusal(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
+        if not isinstance(data, dict):
+            raise HTTPRefusal(400, "the body must be a JSON object", "invalid_json")
+        return data
+
+    @app.get("/health")
+    async def health():
+        if engine.llm is None:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return {"status": "ok", "models": engine.model_names(), "active_requests": state["active"]}
+
+    @app.get("/metrics")
+    async def prometheus():
+        from prometheus_client import generate_latest
+
+        return PlainTextResponse(generate_latest(metrics.registry).decode(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        created = int(state["started"])
+        data = [Model(id=n, object="model", created=created, owned_by="emoreason").model_dump()
+                for n in engine.model_names()]  # fmt: skip
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        started = time.perf_counter()
+        check_key(request)
+        body = await read_body(request)
+        task = body.pop("task", None)
+        limits = body.pop("media_limits", None)
+        try:
+            req = ChatCompletionRequest.model_validate(body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first.get("loc", ()))
+            raise HTTPRefusal(400, f"{where}: {first.get('msg')}"[:500], "invalid_request", where or None) from None
+        if (req.n or 1) != 1:
+            raise HTTPRefusal(400, "n > 1 is not supported: send several requests", "unsupported", "n")
+        max_tokens = req.max_completion_tokens or req.max_tokens or policy.default_max_tokens
+        if max_tokens > policy.max_tokens:
+            raise HTTPRefusal(400, f"max_tokens {max_tokens} is over this server's {policy.max_tokens}",
+                              "invalid_request", "max_tokens")  # fmt: skip
+        if state["active"] >= policy.max_queue:
+            raise HTTPRefusal(503, f"the server is busy ({state['active']} requests); retry later", "server_busy")
+        messages = await police_media(body["messages"], policy)
+        try:
+            params = engine.constrain(req.to_sampling_params(max_tokens, {}), task)
+            model_name = engine.served_name(req.model)
+        except RequestError as exc:
+            raise HTTPRefusal(exc.status, str(exc), exc.code, exc.param) from None
+        state["active"] += 1
+        metrics.queue.set(state["active"])
+        released = False
+
+        def release(status: str):
+            nonlocal released
+            if not released:
+                released = True
+                state["active"] -= 1
+                metrics.queue.set(state["active"])
+                metrics.requests.labels(status=status).inc()
+                metrics.latency.observe(time.perf_counter() - started)
+
+        try:
+            async with asyncio.timeout(policy.request_timeout_s):
+                embeds = await engine.embed(messages, model_name, limits)
+        except RequestError as exc:
+            release(str(exc.status))
+            return JSONResponse(error_body(str(exc), exc.code, exc.param), status_code=exc.status)
+        except TimeoutError:
+            release("408")
+            return JSONResponse(error_body("the request timed out while encoding its media", "timeout"), 408)
+        except BaseException:
+            release("500")
+            raise
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        prompt_tokens = int(embeds.shape[0])
+        generation = engine.stream(messages, model=model_name, task=task, params=params, embeds=embeds,
+                                   request_id=rid)  # fmt: skip
+
+        if not req.stream:
+            text, count, finish = [], 0, None
+            try:
+                async with asyncio.timeout(policy.request_timeout_s):
+                    async for delta in generation:
+                        if not text:
+                            metrics.ttft.observe(time.perf_counter() - started)
+                        text.append(delta.text)
+                        count += len(delta.token_ids)
+                        finish = delta.finish_reason or finish
+            except TimeoutError:
+                release("408")
+                return JSONResponse(error_body("the request timed out", "timeout"), status_code=408)
+            except BaseException:
+                release("500")
+                raise
+            joined = "".join(text)
+            metrics.prompt_tokens.inc(prompt_tokens)
+            metrics.completion_tokens.inc(count)
+            release("200")
+            completion = ChatCompletion(
+                id=rid,
+                object="chat.completion",
+                created=created,
+                model=model_name,
+                choices=[
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": joined},
+                        "finish_reason": _finish(finish),
+                        "logprobs": None,
+                    }
+                ],  # fmt: skip
+                usage=CompletionUsage(
+                    prompt_tokens=prompt_tokens, completion_tokens=count, total_tokens=prompt_tokens + count
+                ),  # fmt: skip
+                emoreason=engine.parse(joined, task),
+            )
+            return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
+
+        include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+        def chunk(delta: dict, finish=None, **extra) -> str:
+            choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created, model=model_name,
+                                    choices=[choice], **extra)  # fmt: skip
+            return f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
+
+        async def events():
+            text, count, finish, status = [], 0, None, "499"  # 499: the client left before the end
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                async with asyncio.timeout(policy.request_timeout_s):
+                    async for delta in generation:
+                        if not text:
+                            metrics.ttft.observe(time.perf_counter() - started)
+                        text.append(delta.text)
+                        count += len(delta.token_ids)
+                        finish = delta.finish_reason or finish
+                        if delta.text:
+                            yield chunk({"content": delta.text})
+                joined = "".join(text)
+                yield chunk({}, _finish(finish), emoreason=engine.parse(joined, task))
+                if include_usage:
+                    usage = CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=count,
+                                            total_tokens=prompt_tokens + count)  # fmt: skip
+                    c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created,
+                                            model=model_name, choices=[], usage=usage)  # fmt: skip
+                    yield f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
+                yield "data: [DONE]\n\n"
+                status = "200"
+                metrics.prompt_tokens.inc(prompt_tokens)
+                metrics.completion_tokens.inc(count)
+            except TimeoutError:
+                status = "408"
+                yield f"data: {json.dumps(error_body('the request timed out', 'timeout'))}\n\n"
+            finally:
+                await generation.aclose()  # a client that left: the engine aborts the request
+                release(status)
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+    return app
+
+
+# The command ------------------------------------------------------------------------------------------------------
+
+HELP = "Serve a model behind an OpenAI-compatible endpoint (chat completions, streaming, LoRA per model name)."
+
+
+def add_engine_arguments(parser) -> None:
+    parser.add_argument("--model", required=True, help="EmoReason model folder (training's output, or make-tiny's)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
+                        help="also serve this trained folder or LoRA adapter as model NAME (repeatable)")  # fmt: skip
+    parser.add_argument("--dtype", default=None, help="vLLM dtype (default: bfloat16 on CPU, vLLM's on GPU)")
+    parser.add_argument("--enforce-eager", action="store_true", help="no compiled graphs (fast start, slow serving)")
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences vLLM runs at once")
+
+
+def engine_from_args(args) -> Engine:
+    adapters = {}
+    for item in args.adapter:
+        name, sep, path = item.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--adapter {item!r}: expected NAME=PATH")
+        adapters[name] = path
+    return Engine(args.model, adapters, dtype=args.dtype, enforce_eager=args.enforce_eager or None,
+                  max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)  # fmt: skip
+
+
+def add_arguments(parser) -> None:
+    add_engine_arguments(parser)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--api-key", default=None, help="require this key (default: $EMOREASON_API_KEY, else none)")
+    parser.add_argument("--allow-media-dir", action="append", default=[], metavar="DIR",
+                        help="requests may name server-local files under DIR (repeatable; default: none)")  # fmt: skip
+    parser.add_argument("--allow-remote-media", action="store_true", help="fetch http(s) media URLs")
+    parser.add_argument("--max-body-mb", type=float, default=64.0)
+    parser.add_argument("--max-queue", type=int, default=256, help="requests admitted at once; more get 503")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
+    parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask")
+
+
+def run(args) -> int:
+    import uvicorn
+
+    for d in args.allow_media_dir:
+        if not Path(d).is_dir():
+            raise FileNotFoundError(f"--allow-media-dir {d}: no such folder")
+    if args.max_body_mb <= 0 or args.max_queue < 1 or args.timeout <= 0 or args.max_tokens < 1:
+        raise ValueError("--max-body-mb, --max-queue, --timeout and --max-tokens must be positive")
+    policy = Policy(
+        api_key=args.api_key or os.environ.get("EMOREASON_API_KEY") or None,
+        allow_media_dirs=tuple(args.allow_media_dir),
+        allow_remote_media=args.allow_remote_media,
+        max_body_bytes=int(args.max_body_mb * 1024 * 1024),
+        max_queue=args.max_queue,
+        request_timeout_s=args.timeout,
+        max_tokens=args.max_tokens,
+    )
+    engine = engine_from_args(args)
+    app = create_app(engine, policy)
+    print(f"emoreason serve: http://{args.host}:{args.port}/v1  models: {', '.join(engine.model_names())}",
+          flush=True)  # fmt: skip
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    return 0
