@@ -168,6 +168,7 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
     from openai.types.completion_usage import CompletionUsage
     from pydantic import ValidationError
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.exceptions import VLLMValidationError
 
     policy = policy or Policy()
     metrics = Metrics()
@@ -276,6 +277,8 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
             model_name = engine.served_name(req.model)
         except RequestError as exc:
             raise HTTPRefusal(exc.status, str(exc), exc.code, exc.param) from None
+        except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's own checks of the sampling fields
+            raise HTTPRefusal(400, f"sampling parameters: {exc}"[:500], "invalid_request") from None
         state["active"] += 1
         metrics.queue.set(state["active"])
         released = False

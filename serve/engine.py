@@ -81,10 +81,11 @@ def _new_module_digest(model) -> str:
 
 
 def _same_language_model(a, b) -> bool:
-    sa, sb = a.base.language_model.state_dict(), b.base.language_model.state_dict()
     import torch
 
-    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    sa = {n: p for n, p in a.named_parameters() if ".language_model." in n or n.startswith("base.lm_head")}
+    sb = {n: p for n, p in b.named_parameters() if ".language_model." in n or n.startswith("base.lm_head")}
+    return bool(sa) and sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
 def parsed_result(text: str, task: str | None, label_space: str) -> dict:
@@ -366,9 +367,11 @@ class Engine:
         if not isinstance(max_tokens, int) or max_tokens < 1:
             raise RequestError(f"max_tokens must be a positive integer, got {max_tokens!r}", param="max_tokens")
         sampling.setdefault("temperature", 0.0)
+        from vllm.exceptions import VLLMValidationError
+
         try:
             params = SamplingParams(max_tokens=max_tokens, **{k: v for k, v in sampling.items() if v is not None})
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, VLLMValidationError) as exc:
             raise RequestError(f"sampling parameters: {exc}") from None
         return self.constrain(params, task)
 
