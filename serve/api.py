@@ -155,6 +155,33 @@ class Metrics:
         self.queue = Gauge("emoreason_queue_depth", "requests admitted and not finished", registry=self.registry)
 
 
+class _Tally:
+    """A completion as its deltas arrive: text, token count, finish reason; the first delta times the first token."""
+
+    def __init__(self, started: float, metrics: Metrics, prompt_tokens: int):
+        self.started, self.metrics, self.prompt_tokens = started, metrics, prompt_tokens
+        self.pieces, self.count, self.finish = [], 0, None
+
+    def add(self, delta) -> None:
+        if not self.pieces:
+            self.metrics.ttft.observe(time.perf_counter() - self.started)
+        self.pieces.append(delta.text)
+        self.count += len(delta.token_ids)
+        self.finish = delta.finish_reason or self.finish
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    def usage(self):
+        from openai.types.completion_usage import CompletionUsage
+
+        self.metrics.prompt_tokens.inc(self.prompt_tokens)
+        self.metrics.completion_tokens.inc(self.count)
+        return CompletionUsage(prompt_tokens=self.prompt_tokens, completion_tokens=self.count,
+                               total_tokens=self.prompt_tokens + self.count)  # fmt: skip
+
+
 def _finish(reason: str | None) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
@@ -165,7 +192,6 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
     from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
     from openai.types import Model
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
-    from openai.types.completion_usage import CompletionUsage
     from pydantic import ValidationError
     from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
     from vllm.exceptions import VLLMValidationError
@@ -306,29 +332,22 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
             raise
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
-        prompt_tokens = int(embeds.shape[0])
         generation = engine.stream(messages, model=model_name, task=task, params=params, embeds=embeds,
                                    request_id=rid)  # fmt: skip
 
+        tally = _Tally(started, metrics, int(embeds.shape[0]))
         if not req.stream:
-            text, count, finish = [], 0, None
             try:
                 async with asyncio.timeout(policy.request_timeout_s):
                     async for delta in generation:
-                        if not text:
-                            metrics.ttft.observe(time.perf_counter() - started)
-                        text.append(delta.text)
-                        count += len(delta.token_ids)
-                        finish = delta.finish_reason or finish
+                        tally.add(delta)
             except TimeoutError:
                 release("408")
                 return JSONResponse(error_body("the request timed out", "timeout"), status_code=408)
             except BaseException:
                 release("500")
                 raise
-            joined = "".join(text)
-            metrics.prompt_tokens.inc(prompt_tokens)
-            metrics.completion_tokens.inc(count)
+            usage = tally.usage()
             release("200")
             completion = ChatCompletion(
                 id=rid,
@@ -338,15 +357,13 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
                 choices=[
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": joined},
-                        "finish_reason": _finish(finish),
+                        "message": {"role": "assistant", "content": tally.text},
+                        "finish_reason": _finish(tally.finish),
                         "logprobs": None,
                     }
                 ],  # fmt: skip
-                usage=CompletionUsage(
-                    prompt_tokens=prompt_tokens, completion_tokens=count, total_tokens=prompt_tokens + count
-                ),  # fmt: skip
-                emoreason=engine.parse(joined, task),
+                usage=usage,
+                emoreason=engine.parse(tally.text, task),
             )
             return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
 
@@ -359,30 +376,22 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
             return f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
 
         async def events():
-            text, count, finish, status = [], 0, None, "499"  # 499: the client left before the end
+            status = "499"  # the client left before the end
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 async with asyncio.timeout(policy.request_timeout_s):
                     async for delta in generation:
-                        if not text:
-                            metrics.ttft.observe(time.perf_counter() - started)
-                        text.append(delta.text)
-                        count += len(delta.token_ids)
-                        finish = delta.finish_reason or finish
+                        tally.add(delta)
                         if delta.text:
                             yield chunk({"content": delta.text})
-                joined = "".join(text)
-                yield chunk({}, _finish(finish), emoreason=engine.parse(joined, task))
+                yield chunk({}, _finish(tally.finish), emoreason=engine.parse(tally.text, task))
+                usage = tally.usage()
                 if include_usage:
-                    usage = CompletionUsage(prompt_tokens=prompt_tokens, completion_tokens=count,
-                                            total_tokens=prompt_tokens + count)  # fmt: skip
                     c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created,
                                             model=model_name, choices=[], usage=usage)  # fmt: skip
                     yield f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
                 yield "data: [DONE]\n\n"
                 status = "200"
-                metrics.prompt_tokens.inc(prompt_tokens)
-                metrics.completion_tokens.inc(count)
             except TimeoutError:
                 status = "408"
                 yield f"data: {json.dumps(error_body('the request timed out', 'timeout'))}\n\n"
