@@ -49,6 +49,20 @@ FRAGMENTATION = 1.10
 FIXED_OVERHEAD = 1 * GIB
 
 
+def qwen2_05b(vocab_size: int, tie_word_embeddings: bool) -> dict:
+    """Qwen2-0.5B's text config, the language model of both GPU bases; they differ in vocabulary and tying."""
+    return {
+        "model_type": "qwen2",
+        "hidden_size": 896,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 14,
+        "num_key_value_heads": 2,
+        "intermediate_size": 4864,
+        "vocab_size": vocab_size,
+        "tie_word_embeddings": tie_word_embeddings,
+    }
+
+
 def internvl3_1b() -> dict:
     """OpenGVLab/InternVL3-1B-hf: InternViT-300M-448px-V2.5 + pixel-shuffle MLP projector + Qwen2.5-0.5B (its head
     untied). `from_base` adds the 3 audio placeholders to its tokenizer (the image ones are there): vocabulary
@@ -67,16 +81,7 @@ def internvl3_1b() -> dict:
             "use_mean_pooling": True,
             "norm_type": "layer_norm",
         },
-        text_config={
-            "model_type": "qwen2",
-            "hidden_size": 896,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 14,
-            "num_key_value_heads": 2,
-            "intermediate_size": 4864,
-            "vocab_size": 151674 + 3,
-            "tie_word_embeddings": False,
-        },
+        text_config=qwen2_05b(vocab_size=151674 + 3, tie_word_embeddings=False),
         downsample_ratio=0.5,
         image_seq_length=256,
         projector_hidden_act="gelu",
@@ -100,16 +105,7 @@ def llava_onevision_05b() -> dict:
             "patch_size": 14,
             "vision_use_head": False,
         },
-        text_config={
-            "model_type": "qwen2",
-            "hidden_size": 896,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 14,
-            "num_key_value_heads": 2,
-            "intermediate_size": 4864,
-            "vocab_size": 151647 + 6,
-            "tie_word_embeddings": True,
-        },
+        text_config=qwen2_05b(vocab_size=151647 + 6, tie_word_embeddings=True),
         vision_feature_layer=-1,
         vision_feature_select_strategy="full",
         tie_word_embeddings=True,
