@@ -33,8 +33,13 @@ def claim_run_dir(recipe, protect) -> str | None:
     a checkpoint left half-written by a kill is removed (it was ours, and it is not usable)."""
     from mllm.outputs import claim_output_dir, clean_litter
 
-    out = claim_output_dir(recipe.output_dir, protect=protect, what="--output_dir")
-    clean_litter(out)
+    if int(os.environ.get("RANK") or 0) == 0:
+        out = claim_output_dir(recipe.output_dir, protect=protect, what="--output_dir")
+        clean_litter(out)
+    else:
+        # Under `accelerate launch`/torchrun only the main process claims and tidies the folder: two processes
+        # claiming at once would each see the other's half-written marker as somebody else's file.
+        out = _wait_for_claim(Path(recipe.output_dir))
     checkpoints = sorted(
         (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
         key=lambda p: int(p.name.split("-")[-1]),
@@ -47,12 +52,27 @@ def claim_run_dir(recipe, protect) -> str | None:
             )
         return None
     for partial in checkpoints:
-        if not (partial / COMPLETE).exists():
+        if not (partial / COMPLETE).exists() and int(os.environ.get("RANK") or 0) == 0:
             shutil.rmtree(partial, ignore_errors=True)
     if not complete:
         print(f"{out}: no complete checkpoint to resume from; starting from step 0", flush=True)
         return None
     return str(complete[-1])
+
+
+def _wait_for_claim(out: Path, timeout_s: float = 600.0) -> Path:
+    """The run folder once the main process has claimed it (its marker is there). If the main process refused the
+    folder it exits, and the launcher stops this process too; the timeout only bounds a launcher that does not."""
+    import time
+
+    from mllm.outputs import MARKER
+
+    deadline = time.monotonic() + timeout_s
+    while not (out / MARKER).exists():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{out}: the main process did not claim --output_dir within {timeout_s:.0f} s")
+        time.sleep(0.1)
+    return out.resolve()
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -224,3 +224,27 @@ def test_two_processes_under_accelerate_launch_agree_on_the_final_weights(tiny_d
     epoch = [h for h in report["log_history"] if h.get("step") == 3 and "epoch" in h][-1]["epoch"]
     assert epoch == pytest.approx(3 / math.ceil(batches / 2))
     assert not list(out.rglob("*.emoreason-tmp-*"))
+
+
+def test_only_the_main_process_claims_the_run_folder(tmp_path, monkeypatch):
+    """Two processes claiming one folder at once each saw the other's half-written marker as somebody else's file
+    (a CI failure): a process of rank > 0 writes nothing and waits until the main process has claimed it."""
+    import threading
+    from types import SimpleNamespace
+
+    from mllm.outputs import MARKER
+    from train.model import claim_run_dir
+
+    out = tmp_path / "run"
+    recipe = SimpleNamespace(output_dir=str(out), resume=False)
+    monkeypatch.setenv("RANK", "1")
+    seen = []
+    waiter = threading.Thread(target=lambda: seen.append(claim_run_dir(recipe, protect=[])))
+    waiter.start()
+    time.sleep(0.5)
+    assert waiter.is_alive() and not out.exists()  # rank 1 waits and creates nothing
+    monkeypatch.setenv("RANK", "0")
+    assert claim_run_dir(recipe, protect=[]) is None
+    waiter.join(timeout=10)
+    assert not waiter.is_alive() and seen == [None]
+    assert sorted(p.name for p in out.iterdir()) == [MARKER]
