@@ -23,6 +23,13 @@ $(STAMP): pyproject.toml Makefile
 	      || echo "espeak-ng could not be installed: audio tests will use tones"; \
 	  else echo "espeak-ng not installed: audio tests will use tones (apt-get install espeak-ng for speech)"; fi; \
 	fi
+	@if ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing chromium (the demo's browser test)"; \
+	    (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)) \
+	      || echo "chromium could not be installed: the demo's browser test will be skipped"; \
+	  else echo "chromium not installed: the demo's browser test will be skipped (apt-get install chromium)"; fi; \
+	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q -e ".[$(ACCEL),dev]"

@@ -19,11 +19,12 @@ SUBCOMMANDS: dict[str, str] = {
     "faces": "mllm.face.cli",
     "make-tiny": "mllm.tiny",
     "export": "mllm.export",
-    "predict": "mllm.predict",
     "data": "data_builders.cli",
     "compose": "mllm.compose",
     "train": "train.cli",
     "serve": "serve.api",
+    "analyze": "serve.analyze",
+    "demo": "serve.demo",
 }
 
 

@@ -1,29 +1,22 @@
-"""`emoreason predict`: one media file in, the model's completion and its parsed answer out.
+"""The transformers reference answer: one media file in, `generate`'s completion and its parse out.
 
-    emoreason predict --model tiny/emoreason clip.mp4 [--task expr] [--engine vllm|transformers]
+    from mllm.predict import predict
+    predict("tiny/emoreason", "clip.mp4", task="expr")       # {"completion": ..., "ok": ..., "answer": ...}
 
-Both engines start from the same embeddings (`build_inputs_embeds`). `vllm` runs the exported language model fed
-`prompt_embeds`, with the answer constrained to the task's grammar (structured outputs), so even an untrained
-model returns a well-formed answer; `transformers` runs `generate` unconstrained.
-
-stdout carries the JSON result alone (`predict ... > r.json` is valid JSON): while the engine runs, file descriptor
-1 points at stderr, so vLLM's logs and its subprocesses' output land there. The model folder is checked before the
-slow imports (a missing folder or file fails at once, naming it), and the exported language model under `served/`
-is keyed by the checkpoint's content (`mllm.export.served_language_model`).
+This is the unconstrained path the serving engine is checked against (its greedy answer must equal this one) and
+what `emoreason analyze --engine transformers` runs. Users' one-shot command is `emoreason analyze`
+(`serve/analyze.py`), which answers through the serving engine.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 from pathlib import Path
 
 from mllm.labels import label_space as labels_of
 from mllm.output import TASKS, question
-
-HELP = "Answer for one image, video or audio file: the completion and its parsed answer."
 
 
 def _part(media: str) -> dict:
@@ -33,19 +26,10 @@ def _part(media: str) -> dict:
     return {"type": kind, kind: str(media)}
 
 
-def build_messages(media: str, task: str, label_space: str = "abaw_expr") -> list[dict]:
+def build_messages(media: str | Path, task: str, label_space: str = "abaw_expr") -> list[dict]:
     """The user turn, asked exactly as the data builders ask it in training prompts."""
     labels = labels_of(label_space) if task == "expr" else ()
-    return [{"role": "user", "content": [_part(media), {"type": "text", "text": question(task, labels)}]}]
-
-
-def exported_model(model, tokenizer, model_dir: Path) -> tuple[Path, Path | None]:
-    """The exported causal LM for a checkpoint and its own LoRA adapter (None without one), kept under `served/`
-    and keyed by the checkpoint's content (see `mllm.export.served_model`): reused while the files are unchanged,
-    rebuilt when they change (whatever their modification times) or when the export is incomplete or damaged."""
-    from mllm.export import served_model
-
-    return served_model(model_dir, lambda: (model, tokenizer))
+    return [{"role": "user", "content": [_part(str(media)), {"type": "text", "text": question(task, labels)}]}]
 
 
 @contextlib.contextmanager
@@ -63,97 +47,51 @@ def stdout_to_stderr():
         os.close(saved)
 
 
-def predict(model_dir, media: str, task: str = "expr", engine: str = "vllm", max_new_tokens: int = 160) -> dict:
+def check_media(media: str | Path) -> None:
+    """A missing or non-file media path fails at once, before any model is loaded."""
+    if not Path(media).is_file():
+        raise FileNotFoundError(f"{media}: no such file" if not Path(media).exists() else f"{media}: not a file")
+
+
+def reference_completions(
+    model_dir, media: list, task: str = "expr", max_new_tokens: int = 160
+) -> tuple[list[str], str]:
+    """Greedy `generate` completions, one per media file, from the checkpoint with its adapter merged, and the
+    checkpoint's label space."""
     from mllm.export import check_checkpoint, resolve_checkpoint
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {TASKS}")
-    if engine not in ("vllm", "transformers"):
-        raise ValueError(f"unknown engine {engine!r}; valid: vllm, transformers")
-    if not Path(media).is_file():  # before loading the model, which takes a while for a real one
-        raise FileNotFoundError(f"{media}: no such file" if not Path(media).exists() else f"{media}: not a file")
+    for m in media:  # before loading the model, which takes a while for a real one
+        check_media(m)
     model_dir = resolve_checkpoint(model_dir)  # a missing folder fails here, at once
     check_checkpoint(model_dir, processor=True)
 
-    import torch  # the slow imports come after the checks, so bad input fails at once
-
-    from mllm.export import load_model
-    from mllm.output import answer_regex, parse
+    from mllm.export import load_model  # the slow imports come after the checks, so bad input fails at once
     from mllm.processor import EmoReasonProcessor
 
-    # A trained checkpoint's LoRA adapter: merged for transformers; for vLLM, served on the unmerged language model.
-    model = load_model(model_dir, adapter="merge" if engine == "transformers" else "ignore").eval()
+    model = load_model(model_dir, adapter="merge").eval()
     processor = EmoReasonProcessor.from_pretrained(model_dir)
-    batch = processor([build_messages(media, task, model.config.label_space)])
-    if engine == "transformers":
+    texts = []
+    for m in media:
+        batch = processor([build_messages(m, task, model.config.label_space)])
         tokens = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False)[0]
-        text = processor.decode(tokens)
-    else:
-        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for the result
-        with torch.no_grad():
-            embeds = model.build_inputs_embeds(**batch)[0]
-        lm_dir, lora_dir = exported_model(model, processor.tokenizer, model_dir)
-        regex = answer_regex(task, model.config.label_space, max_think_chars=max_new_tokens // 2)
-        with stdout_to_stderr():
-            text = _generate_with_vllm(lm_dir, embeds, regex, max_new_tokens, lora_dir)
-    result = parse(text, task, model.config.label_space)
+        texts.append(processor.decode(tokens))
+    return texts, model.config.label_space
+
+
+def predict(model_dir, media: str, task: str = "expr", max_new_tokens: int = 160) -> dict:
+    """One file's reference completion with the parser's verdict."""
+    from mllm.output import parse
+
+    texts, label_space = reference_completions(model_dir, [media], task, max_new_tokens)
+    text = texts[0]
+    result = parse(text, task, label_space)
     return {
         "media": str(media),
         "task": task,
-        "engine": engine,
         "completion": text,
         "ok": result.ok,
         "answer": result.answer if result.ok else None,
         "error": None if result.ok else f"{result.error}: {result.message}",
     }
-
-
-def _generate_with_vllm(lm_dir: Path, embeds, regex: str, max_new_tokens: int, lora_dir: Path | None = None) -> str:
-    import json
-
-    import torch
-    from vllm import LLM, SamplingParams
-    from vllm.lora.request import LoRARequest
-    from vllm.sampling_params import StructuredOutputsParams
-
-    lora = {}
-    if lora_dir is not None:
-        rank = json.loads((lora_dir / "adapter_config.json").read_text())["r"]
-        # vLLM takes only these ranks as its LoRA slot size.
-        slot = next((r for r in (8, 16, 32, 64, 128, 256, 320, 512) if r >= rank), rank)
-        lora = {"enable_lora": True, "max_lora_rank": slot, "max_loras": 1}
-
-    llm = LLM(
-        model=str(lm_dir),
-        enable_prompt_embeds=True,
-        dtype="float32" if not torch.cuda.is_available() else "auto",
-        enforce_eager=not torch.cuda.is_available(),
-        max_model_len=max(1024, embeds.shape[0] + max_new_tokens + 16),
-        seed=0,
-        **lora,
-    )
-    try:
-        params = SamplingParams(
-            temperature=0, max_tokens=max_new_tokens, structured_outputs=StructuredOutputsParams(regex=regex)
-        )
-        request = LoRARequest("adapter", 1, str(lora_dir)) if lora_dir is not None else None
-        outputs = llm.generate([{"prompt_embeds": embeds}], params, lora_request=request, use_tqdm=False)
-        return outputs[0].outputs[0].text
-    finally:
-        llm.llm_engine.engine_core.shutdown()
-
-
-def add_arguments(parser) -> None:
-    parser.add_argument("media", help="image, video or audio file")
-    parser.add_argument("--model", required=True, help="EmoReason checkpoint folder (or an org/name hub id)")
-    parser.add_argument("--task", default="expr", choices=TASKS)
-    parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"])
-    parser.add_argument("--max-new-tokens", type=int, default=160)
-
-
-def run(args) -> int:
-    result = predict(args.model, args.media, args.task, args.engine, args.max_new_tokens)
-    print(json.dumps(result, indent=1, default=list))
-    return 0 if result["ok"] else 3

@@ -430,10 +430,12 @@ def engine_from_args(args) -> Engine:
                   max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)  # fmt: skip
 
 
-def add_arguments(parser) -> None:
+def add_arguments(parser, port: int = 8000) -> None:
     add_engine_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--port", type=int, default=port)
+    if port == 8000:  # `emoreason demo` always has it
+        parser.add_argument("--demo", action="store_true", help="also serve the Gradio chat demo at /demo")
     parser.add_argument("--api-key", default=None, help="require this key (default: $EMOREASON_API_KEY, else none)")
     parser.add_argument("--allow-media-dir", action="append", default=[], metavar="DIR",
                         help="requests may name server-local files under DIR (repeatable; default: none)")  # fmt: skip
@@ -463,7 +465,13 @@ def run(args) -> int:
     )
     engine = engine_from_args(args)
     app = create_app(engine, policy)
-    print(f"emoreason serve: http://{args.host}:{args.port}/v1  models: {', '.join(engine.model_names())}",
-          flush=True)  # fmt: skip
+    url = f"http://{args.host}:{args.port}"
+    if getattr(args, "demo", False):
+        from serve.demo import mount
+
+        path = getattr(args, "demo_path", "/demo")
+        app = mount(app, engine, path, policy.api_key, policy.max_tokens, policy.max_body_bytes)
+        print(f"emoreason demo: {url}{path}", flush=True)
+    print(f"emoreason serve: {url}/v1  models: {', '.join(engine.model_names())}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0

@@ -272,6 +272,16 @@ class Engine:
         self._wake.set()
         return await future
 
+    def encode_now(self, conversations: list[list[dict]], model: str | None = None, limits: dict | None = None):
+        """Each conversation's prompt embeddings, or the `RequestError` refusing it, computed in the calling thread
+        in batches (no started engine needed): a one-shot caller checks every input before vLLM starts."""
+        encoder = self._served(model).encoder
+        out = []
+        for i in range(0, len(conversations), self.encoder_batch):
+            chunk = conversations[i : i + self.encoder_batch]
+            out += self._encode_batch([(encoder, messages, limits, None) for messages in chunk])
+        return out
+
     async def _encode_loop(self) -> None:
         while True:
             await self._wake.wait()
@@ -429,19 +439,3 @@ class Engine:
             finish = delta.finish_reason or finish
         joined = "".join(text)
         return Completion(joined, tokens, finish, prompt[0], task, parsed_result(joined, task, self.label_space))
-
-
-def question_messages(media: str | Path, task: str, label_space: str) -> list[dict]:
-    """One media file asked the task's question exactly as the data builders ask it in training."""
-    from mllm.labels import label_space as labels_of
-    from mllm.media import media_kind
-    from mllm.output import question
-
-    kind = media_kind(str(media))
-    labels = labels_of(label_space) if task == "expr" else ()
-    return [
-        {
-            "role": "user",
-            "content": [{"type": kind, kind: str(media)}, {"type": "text", "text": question(task, labels)}],
-        }
-    ]

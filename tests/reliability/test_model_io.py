@@ -1,4 +1,4 @@
-"""Bad model folders, hub ids, output folders and stale or damaged exports, for `predict`, `export`, `make-tiny` and
+"""Bad model folders, hub ids, output folders and stale or damaged exports, for `analyze`, `export`, `make-tiny` and
 `from_pretrained`. Each case: the exit code (or exception), one line naming the file, no traceback, and the user's
 files unchanged. No case starts a vLLM engine."""
 
@@ -41,7 +41,7 @@ def _truncate(path: Path, keep: float = 0.5) -> None:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Bad model folders, for both `predict` and `export`. Each case damages a copy (or names a path) and returns the
+# Bad model folders, for both `analyze` and `export`. Each case damages a copy (or names a path) and returns the
 # model argument and what the error line must name.
 
 
@@ -155,15 +155,15 @@ BAD_MODELS = {
 }
 
 
-@pytest.mark.parametrize("command", ["predict", "export"])
+@pytest.mark.parametrize("command", ["analyze", "export"])
 @pytest.mark.parametrize("case", sorted(BAD_MODELS))
 def test_bad_model_folder_fails_at_once_naming_the_file(case, command, cli, model_copy, media, tmp_path, monkeypatch):
     model_arg, names = BAD_MODELS[case](model_copy, tmp_path, monkeypatch)
     before = checksums(tmp_path)
     out = tmp_path / "exported"
     args = (
-        ["predict", "--model", model_arg, media, "--engine", "transformers"]
-        if command == "predict"
+        ["analyze", "--model", model_arg, media]
+        if command == "analyze"
         else ["export", model_arg, "--out", out]
     )
     started = time.perf_counter()
@@ -181,7 +181,7 @@ def test_missing_model_folder_fails_at_once_from_a_fresh_process(tmp_path, tiny_
     cli = str(Path(sys.executable).parent / "emoreason")
     started = time.perf_counter()
     out = subprocess.run(
-        [cli, "predict", "--model", str(tmp_path / "runs" / "missing"), str(tiny_dir / "sample.mp4")],
+        [cli, "analyze", "--model", str(tmp_path / "runs" / "missing"), str(tiny_dir / "sample.mp4")],
         capture_output=True,
         text=True,
         timeout=120,
@@ -383,9 +383,10 @@ def test_export_follows_content_not_mtime(cli, model_copy, tmp_path):
     torch.testing.assert_close(now, expected.detach(), atol=0, rtol=0)
 
 
-def test_predict_export_under_served_is_keyed_by_content_and_healed(model_copy, tiny_processor):
-    """predict's export in MODEL/served/: reused while the content is unchanged, rebuilt after a same-size change
-    with an older mtime, and rebuilt when an earlier run left it half-written or a file was damaged afterwards."""
+def test_the_export_under_served_is_keyed_by_content_and_healed(model_copy, tiny_processor):
+    """The serving engine's export in MODEL/served/: reused while the content is unchanged, rebuilt after a
+    same-size change with an older mtime, and rebuilt when an earlier run left it half-written or a file was
+    damaged afterwards."""
     import torch
 
     from mllm.export import EXPORT_MARKER, served_language_model

@@ -244,8 +244,9 @@ def test_accepted_conversions_reach_the_model(tiny_model, tiny_processor, name, 
 
 
 @pytest.mark.parametrize("name", ["blip", "cut"])
-def test_predict_cli_refuses_bad_audio(cli, tiny_dir, files, name):
+def test_analyze_cli_refuses_bad_audio(cli, tiny_dir, files, name):
+    """Refused while encoding, before vLLM starts."""
     path = files[name]
-    result = cli("predict", path, "--model", tiny_dir / "emoreason", "--engine", "transformers")
+    result = cli("analyze", path, "--model", tiny_dir / "emoreason")
     line = assert_refused(result, str(path), code=1)
     assert ("audio lasts 19 ms" if name == "blip" else "truncated") in line, line

@@ -64,7 +64,7 @@ def test_predict_loads_the_run_folder(sft_run, expression_data):
     from mllm.predict import predict
 
     image = load_from_disk(str(expression_data))["test"][0]["image"]
-    result = predict(sft_run, image, engine="transformers", max_new_tokens=24)
+    result = predict(sft_run, image, max_new_tokens=24)
     assert result["engine"] == "transformers" and isinstance(result["completion"], str)
 
 
