@@ -1,5 +1,6 @@
 """One live `emoreason serve` per test session: the tiny checkpoint, plus the shared SFT run's final folder served
-as the adapter "trained" (its own LoRA and new modules), on loopback, with an API key and a 2 MB body limit."""
+as the adapter "trained" (its own LoRA and new modules), on loopback, with an API key, a 2 MB body limit and the
+Gradio demo at /demo."""
 
 import os
 import socket
@@ -33,7 +34,7 @@ def server(tiny_dir, sft_run, tmp_path_factory):
     cmd = [sys.executable, "-m", "mllm.cli", "serve", "--model", str(tiny_dir / "emoreason"),
            "--adapter", f"trained={sft_run / 'model'}", "--dtype", "float32", "--enforce-eager",
            "--max-model-len", "1024", "--port", str(port), "--api-key", API_KEY, "--max-body-mb", "2",
-           "--allow-media-dir", str(allowed), "--max-tokens", "256"]  # fmt: skip
+           "--allow-media-dir", str(allowed), "--max-tokens", "256", "--demo"]  # fmt: skip
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
