@@ -8,8 +8,11 @@ PIP := $(PY) -m pip --disable-pip-version-check
 ACCEL ?= $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 STAMP := $(VENV)/.emoreason-setup-$(ACCEL)
 PYTEST_ARGS ?=
+# `make demo` serves DEMO_MODEL; without one it builds a tiny random checkpoint once (seconds) and serves that.
+DEMO_MODEL ?=
+DEMO_ARGS ?= $(if $(DEMO_MODEL),,--enforce-eager)
 
-.PHONY: setup test test-fast lint format bench clean-venv
+.PHONY: setup test test-fast lint format bench demo clean-venv
 
 setup: $(STAMP)
 
@@ -54,6 +57,14 @@ format: setup
 
 bench: setup
 	$(PY) bench/perception.py
+
+demo: setup
+ifeq ($(DEMO_MODEL),)
+	@test -f demo-tiny/emoreason/config.json || $(VENV)/bin/emoreason make-tiny demo-tiny
+	$(VENV)/bin/emoreason demo --model demo-tiny/emoreason $(DEMO_ARGS)
+else
+	$(VENV)/bin/emoreason demo --model $(DEMO_MODEL) $(DEMO_ARGS)
+endif
 
 clean-venv:
 	rm -rf $(VENV)
