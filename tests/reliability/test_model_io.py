@@ -161,11 +161,7 @@ def test_bad_model_folder_fails_at_once_naming_the_file(case, command, cli, mode
     model_arg, names = BAD_MODELS[case](model_copy, tmp_path, monkeypatch)
     before = checksums(tmp_path)
     out = tmp_path / "exported"
-    args = (
-        ["analyze", "--model", model_arg, media]
-        if command == "analyze"
-        else ["export", model_arg, "--out", out]
-    )
+    args = ["analyze", "--model", model_arg, media] if command == "analyze" else ["export", model_arg, "--out", out]
     started = time.perf_counter()
     result = cli(*args)
     elapsed = time.perf_counter() - started
