@@ -5,7 +5,7 @@
         --out models/llava-ov-0.5b --label-space basic7
 
     OUT/model/   config.json + model.safetensors (base, encoder and the fresh new modules in one checkpoint) and the
-                 processor files. `--model OUT` (recipes, `emoreason predict`) and
+                 processor files. `--model OUT` (recipes, `emoreason analyze`) and
                  `EmoReasonForConditionalGeneration.from_pretrained("OUT")` find it there, as in a training run's
                  folder; `EmoReasonProcessor.from_pretrained("OUT/model")` loads the processor
 

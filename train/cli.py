@@ -43,5 +43,5 @@ def run(args) -> int:
 
         final = grpo.main(recipe)
     if final is not None:
-        print(f"final model: {final}  (emoreason predict --model {final} MEDIA)")
+        print(f"final model: {final}  (emoreason analyze MEDIA --model {final})")
     return 0

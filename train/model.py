@@ -1,5 +1,5 @@
 """What both training stages share: the model made trainable, the run folder, checkpoints that carry the new
-modules, and the final model folder that `emoreason predict --model` and serving load.
+modules, and the final model folder that `emoreason analyze --model`, `serve` and `demo` load.
 
     OUTPUT_DIR/
       checkpoint-N/     trainer checkpoints (adapter, new modules, optimizer, scheduler, RNG, state); a checkpoint
