@@ -59,8 +59,8 @@ QUESTIONS = {
 
 
 def question(task: str, labels: tuple[str, ...] = ()) -> str:
-    """The question asked for a task, worded once: the data builders write it into training prompts and
-    `emoreason analyze` and the demo ask it at inference, so the model is never asked differently from how it was taught."""
+    """The question asked for a task, worded once: the data builders write it into training prompts, and
+    `emoreason analyze` and the demo ask it at inference, so the model is never asked otherwise than it was taught."""
     _check_task(task)
     return QUESTIONS[task].format(labels=", ".join(labels or (ABAW_AUS if task == "au" else ())))
 
