@@ -18,7 +18,9 @@ last one is answered). Latency is from a request's sending to its last token; ti
 first token (for (c), the first token of its batch); throughput is requests per second of wall time over the level.
 (a) is measured through HTTP with the official `openai` client, streaming; (b) and (c) in this process, without
 HTTP. The checkpoint is `make_tiny(size=...)` ("mid": widths of a ~0.5B language model, fewer layers). (a) runs the
-engine's CPU default (bf16, compiled graphs); (b) and (c) run what transformers users run by default (fp32).
+engine's CPU default (compiled graphs; bf16 where the CPU has native bf16, else fp32: `serve.engine.cpu_dtype`);
+`--systems a16` adds the endpoint with bf16 forced, to see what bf16 costs on this CPU. (b) and (c) run what
+transformers users run by default (fp32).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 SYSTEMS = {
-    "a": "(a) our endpoint (vLLM, bf16)",
+    "a": "(a) our endpoint (vLLM)",
+    "a16": "(a) our endpoint, bf16 forced",
     "b": "(b) transformers, one at a time",
     "c": "(c) transformers, static batches",
 }
@@ -104,12 +107,13 @@ def _pct(values: list[float], q: float) -> float:
 # (a) our endpoint
 
 
-def start_server(model: Path, clips: Path, port: int, log: Path, cache: Path) -> subprocess.Popen:
+def start_server(model: Path, clips: Path, port: int, log: Path, cache: Path, dtype: str | None) -> subprocess.Popen:
     import httpx
 
     env = {**os.environ, "EMOREASON_CACHE": str(cache), "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "mllm.cli", "serve", "--model", str(model), "--port", str(port),
-           "--allow-media-dir", str(clips), "--max-model-len", "4096", "--max-tokens", "4096"]  # fmt: skip
+           "--allow-media-dir", str(clips), "--max-model-len", "4096", "--max-tokens", "4096",
+           *(["--dtype", dtype] if dtype else [])]  # fmt: skip
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     deadline = time.time() + 900
@@ -249,7 +253,7 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--clip-seconds", type=float, default=2.0)
-    parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", default=["a", "b", "c"], choices=list(SYSTEMS))
     parser.add_argument("--work", default=None, help="folder for the checkpoint and clips (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -268,22 +272,25 @@ def main(argv=None) -> int:
         print(f"{SYSTEMS[system]} at {level} clients: {r['n'] / r['wall']:.2f} req/s, "
               f"p50 {_pct(r['latency'], 50):.2f} s", file=sys.stderr, flush=True)  # fmt: skip
 
-    if "a" in args.systems:
+    for system in ("a", "a16"):
+        if system not in args.systems:
+            continue
         port = _free_port()
-        server = start_server(model_dir, work / "clips", port, work / "server.log", Path(tempfile.mkdtemp()))
+        server = start_server(model_dir, work / "clips", port, work / f"server-{system}.log", Path(tempfile.mkdtemp()),
+                              "bfloat16" if system == "a16" else None)  # fmt: skip
         try:
             import json
 
-            label_space = json.loads((model_dir / "config.json").read_text())["label_space"]
             from mllm import synthetic
 
+            label_space = json.loads((model_dir / "config.json").read_text())["label_space"]
             warm = synthetic.write_camera_video(work / "clips" / "warm.mp4", 25, fps=25.0, seed=999)
 
-            async def endpoint_levels():  # one event loop for the client's connections
-                ask = endpoint_asker(port, label_space, args.max_tokens)
+            async def endpoint_levels(system=system, port=port, label_space=label_space, warm=warm):
+                ask = endpoint_asker(port, label_space, args.max_tokens)  # one event loop for its connections
                 await run_level(ask, [warm], 1)  # one request first: warm-up is not timed
                 for level in args.levels:
-                    report("a", level, await run_level(ask, clips[level], level))
+                    report(system, level, await run_level(ask, clips[level], level))
 
             asyncio.run(endpoint_levels())
         finally:
@@ -308,7 +315,10 @@ def main(argv=None) -> int:
     with open("/proc/cpuinfo") as f:
         names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
     cpu = names[0] if names else cpu
-    print(f"\nmachine: {cpu}, {os.cpu_count()} cores; checkpoint: {args.size}; {args.max_tokens} tokens per answer\n")
+    from serve.engine import cpu_dtype
+
+    print(f"\nmachine: {cpu}, {os.cpu_count()} cores; checkpoint: {args.size}; {args.max_tokens} tokens per answer; "
+          f"endpoint dtype {cpu_dtype()}\n")  # fmt: skip
     print("| clients | system | req/s | tokens/s | p50 latency s | p99 latency s | p50 TTFT s | (a) speed-up |")
     print("| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for level in args.levels:
@@ -316,7 +326,7 @@ def main(argv=None) -> int:
         for system in args.systems:
             r = results[(system, level)]
             rps = r["n"] / r["wall"]
-            speedup = "" if base is None or system == "a" else f"{(base['n'] / base['wall']) / rps:.1f}x"
+            speedup = "" if base is None or system.startswith("a") else f"{(base['n'] / base['wall']) / rps:.1f}x"
             ttft = statistics.median(r["ttft"])
             p50, p99 = _pct(r["latency"], 50), _pct(r["latency"], 99)
             print(f"| {level} | {SYSTEMS[system]} | {rps:.2f} | {rps * args.max_tokens:.1f} | {p50:.2f} | {p99:.2f} | "

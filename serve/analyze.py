@@ -127,7 +127,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--overlay", default=None, metavar="DIR",
                         help="write the frames used, with face box and landmarks, as PNGs into DIR")  # fmt: skip
-    parser.add_argument("--dtype", default=None, help="vLLM dtype (default: bfloat16 on CPU, vLLM's on GPU)")
+    parser.add_argument("--dtype", default=None, help="vLLM dtype (default: as `serve`)")
     parser.add_argument("--compile", action="store_true", help="compiled graphs (slower start; for many files)")
     parser.add_argument("--max-model-len", type=int, default=4096)
 

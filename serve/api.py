@@ -413,7 +413,8 @@ def add_engine_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="EmoReason model folder (training's output, or make-tiny's)")
     parser.add_argument("--adapter", action="append", default=[], metavar="NAME=PATH",
                         help="also serve this trained folder or LoRA adapter as model NAME (repeatable)")  # fmt: skip
-    parser.add_argument("--dtype", default=None, help="vLLM dtype (default: bfloat16 on CPU, vLLM's on GPU)")
+    parser.add_argument("--dtype", default=None,
+                        help="vLLM dtype (default: CPU bfloat16 if native, else float32; GPU vLLM's)")  # fmt: skip
     parser.add_argument("--enforce-eager", action="store_true", help="no compiled graphs (fast start, slow serving)")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences vLLM runs at once")

@@ -71,6 +71,15 @@ class _Served:
     lora_id: int | None
 
 
+def cpu_dtype() -> str:
+    """bfloat16 where this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), else float32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "float32"
+    return "bfloat16" if ("avx512_bf16" in flags or "amx_bf16" in flags) else "float32"
+
+
 def _new_module_digest(model) -> str:
     digest = hashlib.sha256()
     for name, p in sorted(model.named_parameters()):
@@ -145,8 +154,10 @@ class Engine:
         import torch
 
         cpu = not torch.cuda.is_available()
-        # On CPU, bf16 with compiled graphs is the fast setting (ARCHITECTURE.md); on GPU, vLLM's defaults.
-        self.dtype = dtype or ("bfloat16" if cpu else "auto")
+        # On GPU, vLLM's defaults. On CPU, compiled graphs, in bf16 where the CPU computes in bf16 natively, else in
+        # fp32: without AVX512-BF16 or AMX, bf16 is emulated, and a 666-token multimodal prompt on a 60M-parameter
+        # language model took 7.0 s in bf16 against 1.5 s in fp32 (bench/serve.py; AVX2-only EPYC).
+        self.dtype = dtype or (cpu_dtype() if cpu else "auto")
         self.enforce_eager = bool(enforce_eager) if enforce_eager is not None else False
         self.max_num_seqs = max_num_seqs
         if cpu:
