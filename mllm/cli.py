@@ -25,6 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "serve.api",
     "analyze": "serve.analyze",
     "demo": "serve.demo",
+    "eval": "eval.cli",
 }
 
 

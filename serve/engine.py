@@ -49,6 +49,7 @@ class Delta:
     text: str
     token_ids: list[int]
     finish_reason: str | None = None
+    logprobs: list[float] | None = None  # each sampled token's, when the request asked for logprobs
 
 
 @dataclass
@@ -438,7 +439,10 @@ class Engine:
         try:
             async for out in self.llm.generate({"prompt_embeds": embeds}, params, request_id, lora_request=lora):
                 piece = out.outputs[0]
-                yield Delta(piece.text, list(piece.token_ids), piece.finish_reason if out.finished else None)
+                logprobs = None
+                if piece.logprobs is not None:
+                    logprobs = [float(lp[t].logprob) for lp, t in zip(piece.logprobs, piece.token_ids, strict=True)]
+                yield Delta(piece.text, list(piece.token_ids), piece.finish_reason if out.finished else None, logprobs)
         finally:
             self.stats["running"] -= 1
 

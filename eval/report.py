@@ -1,0 +1,207 @@
+"""An evaluation run's scores: `metrics.json`, `report.md` and pictures, from its predictions and the dataset.
+
+Sample level, for every dataset: expression accuracy, macro F1 over the label space, UAR and WAR (DFEW/MAFW's);
+AU mean F1; VA CCC; ambivalence/hesitancy macro F1 and the positive class's average precision. Frame level, where
+the samples carry per-frame labels (ABAW clips, BAH frame segments): the clip answers mapped back to frames
+(`eval.frames`) and scored with the challenge's metric (`eval.metrics`). An answer that did not parse counts as
+wrong at sample level, and its frames take the nearest answered frame's value at frame level; both are counted.
+
+Explanation faithfulness, where samples have AU labels: precision and recall of the AUs cited in the reasoning
+against the labelled ones (pooled over samples), and the share of expression answers whose cited AUs support the
+label under EMFACS (`mllm.scoring.supports`).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from eval import metrics as m
+from mllm.labels import ABAW_AUS
+
+
+def _au_vector(aus) -> np.ndarray:
+    active = set(aus)
+    return np.array([1 if au in active else 0 for au in ABAW_AUS], dtype=np.int64)
+
+
+def sample_metrics(rows, predictions: dict, task: str, labels: tuple[str, ...]) -> tuple[dict, dict]:
+    """(metrics, pictures' data) over the samples with a label for `task`."""
+    out: dict = {}
+    extra: dict = {}
+    found = [(r, predictions.get(r["id"])) for r in rows]
+    ok = [(r, p) for r, p in found if p is not None and p.get("ok")]
+    if task == "expr":
+        scored = [(r, p) for r, p in found if r["expression"]]
+        if scored:
+            n = len(labels)
+            true = np.array([labels.index(r["expression"]) for r, _ in scored])
+            pred = np.array([labels.index(p["label"]) if p and p.get("ok") else n for _, p in scored])
+            per_class = m.class_f1(true, pred, range(n))
+            recall = m.uar_war(true, pred)
+            out.update({"accuracy": m.accuracy(true, pred), "macro_f1": float(per_class.mean()),
+                        "uar": recall["uar"], "war": recall["war"], "samples": len(scored)})  # fmt: skip
+            matrix = np.zeros((n, n + 1), dtype=np.int64)
+            np.add.at(matrix, (true, pred), 1)
+            extra = {"confusion": matrix, "per_class_f1": dict(zip(labels, per_class.tolist(), strict=True))}
+    elif task == "au":
+        scored = [(r, p) for r, p in found if r["au_frames"]]
+        if scored:
+            true = np.stack([_au_vector(r["aus"]) for r, _ in scored])
+            pred = np.stack([_au_vector(p["aus"]) if p and p.get("ok") else np.zeros(12, np.int64) for _, p in scored])
+            out.update({"au_mean_f1": m.au_f1(true, pred)[0], "samples": len(scored)})
+            extra = {"per_class_f1": {au: float(m.class_f1(true[:, j], pred[:, j], [1])[0])
+                                      for j, au in enumerate(ABAW_AUS)}}  # fmt: skip
+    elif task == "va":
+        scored = [(r, p) for r, p in ok if r["valence"] != m.VA_INVALID and r["arousal"] != m.VA_INVALID]
+        if len(scored) >= 2:
+            true = np.array([[r["valence"], r["arousal"]] for r, _ in scored])
+            pred = np.array([[p["valence"], p["arousal"]] for _, p in scored])
+            out.update({k: v for k, v in m.va_ccc(true, pred).items() if k != "frames"})
+            out["samples"] = len(scored)
+    else:
+        scored = [(r, p) for r, p in found if r["ah"] in (0, 1)]
+        if scored:
+            true = np.array([r["ah"] for r, _ in scored])
+            pred, score = [], []
+            for _, p in scored:
+                present = bool(p and p.get("ok") and p["ambivalence_hesitancy"] == "present")
+                probability = float(np.exp(p["answer_logprob"])) if p and p.get("answer_logprob") is not None else 0.5
+                pred.append(1 if present else 0)
+                score.append(probability if present else 1.0 - probability)
+            result = m.bah_scores(true, np.array(pred), np.array(score) if true.any() else None)
+            out.update({k: v for k, v in result.items() if k != "n"})
+            out["samples"] = len(scored)
+    return out, extra
+
+
+def frame_metrics(rows, predictions: dict, task: str, labels: tuple[str, ...], window: int) -> dict:
+    """The challenge's metric over frames, where the samples carry per-frame labels."""
+    from eval.frames import map_to_frames
+
+    column = {"expr": "expression_frames", "au": "au_frames", "va": "va_frames", "ah": "ah_frames"}[task]
+    framed = [r for r in rows if r["frame_indices"] and r[column]]
+    if not framed:
+        return {}
+    frames = map_to_frames(framed, predictions, task, labels, window)
+    out = {"smoothing_window": window, **frames.counts}
+    if task == "expr":
+        out["expr_macro_f1"], out["frames_scored"] = m.expr_f1(frames.truth, frames.pred, len(labels))
+    elif task == "au":
+        out["au_mean_f1"], out["frames_scored"] = m.au_f1(frames.truth, frames.pred)
+    elif task == "va":
+        result = m.va_ccc(frames.truth, frames.pred)
+        out.update({"ccc_valence": result["ccc_valence"], "ccc_arousal": result["ccc_arousal"], "va": result["va"],
+                    "frames_scored": result["frames"]})  # fmt: skip
+    else:
+        valid = frames.truth >= 0
+        result = m.bah_scores(frames.truth[valid], frames.pred[valid],
+                              frames.score[valid] if frames.truth[valid].any() else None)  # fmt: skip
+        out.update({k: v for k, v in result.items() if k != "n"})
+        out["frames_scored"] = int(valid.sum())
+    return out
+
+
+def faithfulness(rows, predictions: dict, task: str, labels: tuple[str, ...]) -> dict:
+    """Cited AUs against labelled AUs (where samples have AU labels), and EMFACS support of expression answers."""
+    from mllm.scoring import supports
+
+    hits = cited_total = labelled_total = 0
+    samples = 0
+    support = []
+    for row in rows:
+        p = predictions.get(row["id"])
+        if p is None or not p.get("ok"):
+            continue
+        cited = set(p.get("cited_aus", ()))
+        if row["au_frames"]:
+            labelled = set(row["aus"])
+            hits += len(cited & labelled)
+            cited_total += len(cited)
+            labelled_total += len(labelled)
+            samples += 1
+        if task == "expr":
+            verdict = supports(p["label"], cited, among=labels)
+            if verdict is not None:
+                support.append(bool(verdict))
+    out: dict = {}
+    if samples:
+        out["cited_au_precision"] = hits / cited_total if cited_total else None
+        out["cited_au_recall"] = hits / labelled_total if labelled_total else None
+        out["samples_with_au_labels"] = samples
+    if support:
+        out["answers_supported_by_cited_aus"] = float(np.mean(support))
+        out["answers_with_a_prototype"] = len(support)
+    return out
+
+
+def evaluate(rows, predictions: dict, task: str, label_space: str, window: int = 1) -> tuple[dict, dict]:
+    from mllm.labels import label_space as labels_of
+
+    labels = labels_of(label_space)
+    ids = [r["id"] for r in rows]
+    answered = [i for i in ids if i in predictions]
+    failures = [i for i in answered if not predictions[i].get("ok")]
+    sample, extra = sample_metrics(rows, predictions, task, labels)
+    result = {
+        "task": task,
+        "label_space": label_space,
+        "samples": len(ids),
+        "answered": len(answered),
+        "missing": len(ids) - len(answered),
+        "parse_failures": len(failures),
+        "parse_failure_rate": len(failures) / len(answered) if answered else None,
+        "sample_level": sample,
+        "frame_level": frame_metrics(rows, predictions, task, labels, window),
+        "faithfulness": faithfulness(rows, predictions, task, labels),
+    }
+    return result, extra
+
+
+def _table(title: str, values: dict) -> list[str]:
+    if not values:
+        return []
+    lines = [f"### {title}", "", "| metric | value |", "| --- | ---: |"]
+    for key, value in values.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        lines.append(f"| {key} | {shown} |")
+    return [*lines, ""]
+
+
+def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[Path]:
+    """metrics.json, report.md and the pictures, each written under a temporary name and renamed into place."""
+    from eval.pictures import confusion_matrix_picture, f1_bars_picture
+    from mllm.labels import label_space as labels_of
+    from mllm.outputs import atomic_path, atomic_write_text
+
+    written = []
+    pictures = []
+    if "confusion" in extra:
+        labels = list(labels_of(result["label_space"]))
+        matrix = extra["confusion"]
+        picture = confusion_matrix_picture(matrix[:, : len(labels)], labels, f"{result['task']}: confusion (samples)")
+        pictures.append(("confusion_matrix.png", picture, "Confusion matrix (samples; unparsed answers left out)"))
+    if "per_class_f1" in extra:
+        picture = f1_bars_picture(extra["per_class_f1"], f"{result['task']}: F1 per class (samples)")
+        pictures.append(("per_class_f1.png", picture, "F1 per class (samples)"))
+    for name, picture, _ in pictures:
+        with atomic_path(out / name) as tmp:
+            picture.save(tmp, format="PNG")
+        written.append(out / name)
+    atomic_write_text(out / "metrics.json", json.dumps({**result, "run": settings}, indent=1) + "\n")
+    written.append(out / "metrics.json")
+    adapter = f", adapter `{settings['adapter']}`" if settings.get("adapter") else ""
+    lines = [f"# Evaluation: {result['task']} on {settings.get('data')} [{settings.get('split')}]", "",
+             f"Model `{settings.get('model')}`{adapter}", "",
+             f"{result['answered']} of {result['samples']} samples answered; {result['parse_failures']} answers did "
+             "not parse.", ""]  # fmt: skip
+    lines += _table("Frame level (the challenge's metric)", result["frame_level"])
+    lines += _table("Sample level", result["sample_level"])
+    lines += _table("Explanation faithfulness", result["faithfulness"])
+    for name, _, caption in pictures:
+        lines += [f"![{caption}]({name})", ""]
+    atomic_write_text(out / "report.md", "\n".join(lines))
+    written.append(out / "report.md")
+    return written
