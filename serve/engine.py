@@ -156,8 +156,8 @@ class Engine:
 
         cpu = not torch.cuda.is_available()
         # On GPU, vLLM's defaults. On CPU, compiled graphs, in bf16 where the CPU computes in bf16 natively, else in
-        # fp32: without AVX512-BF16 or AMX, bf16 is emulated, and a 666-token multimodal prompt on a 60M-parameter
-        # language model took 7.0 s in bf16 against 1.5 s in fp32 (bench/serve.py; AVX2-only EPYC).
+        # fp32: without AVX512-BF16 or AMX, bf16 is emulated, and a request with a 666-token multimodal prompt took
+        # 4.5 s in bf16 against 1.6 s in fp32 on the mid-size model (bench/serve.py --systems a a16; AVX2-only EPYC).
         self.dtype = dtype or (cpu_dtype() if cpu else "auto")
         self.enforce_eager = bool(enforce_eager) if enforce_eager is not None else False
         self.max_num_seqs = max_num_seqs
