@@ -34,7 +34,7 @@ def _run_args(data, model, out, *extra):
 
 @pytest.fixture
 def model_copy(tiny_dir, tmp_path):
-    return Path(shutil.copytree(tiny_dir / "emoreason", tmp_path / "model"))
+    return Path(shutil.copytree(tiny_dir / "emoreason", tmp_path / "model", ignore=shutil.ignore_patterns("served")))
 
 
 def _expected_frame_f1(predictions: dict) -> float:

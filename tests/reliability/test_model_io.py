@@ -21,8 +21,9 @@ FAST_S = 5.0  # "at once": no hub retries, no model loading
 
 @pytest.fixture
 def model_copy(tiny_dir, tmp_path):
-    """A private copy of the tiny EmoReason checkpoint, free to damage."""
-    return Path(shutil.copytree(tiny_dir / "emoreason", tmp_path / "model"))
+    """A private copy of the tiny EmoReason checkpoint, free to damage (without the export a server may have written
+    into the shared one)."""
+    return Path(shutil.copytree(tiny_dir / "emoreason", tmp_path / "model", ignore=shutil.ignore_patterns("served")))
 
 
 @pytest.fixture

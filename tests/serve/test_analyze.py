@@ -27,7 +27,7 @@ def _run(*args, env=None, timeout=600):
 @pytest.fixture
 def model_copy(tiny_dir, tmp_path):
     """A copy, so the export analyze writes under MODEL/served/ does not touch the shared checkpoint."""
-    return Path(shutil.copytree(tiny_dir / "emoreason", tmp_path / "model"))
+    return Path(shutil.copytree(tiny_dir / "emoreason", tmp_path / "model", ignore=shutil.ignore_patterns("served")))
 
 
 @pytest.mark.slow  # starts its own vLLM engine (about 40 s)
