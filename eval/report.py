@@ -138,6 +138,7 @@ def faithfulness(rows, predictions: dict, task: str, labels: tuple[str, ...]) ->
 
 
 def evaluate(rows, predictions: dict, task: str, label_space: str, window: int = 1) -> tuple[dict, dict]:
+    from eval.fairness import fairness
     from mllm.labels import label_space as labels_of
 
     labels = labels_of(label_space)
@@ -156,6 +157,7 @@ def evaluate(rows, predictions: dict, task: str, label_space: str, window: int =
         "sample_level": sample,
         "frame_level": frame_metrics(rows, predictions, task, labels, window),
         "faithfulness": faithfulness(rows, predictions, task, labels),
+        "fairness": fairness(rows, predictions, task, labels),
     }
     return result, extra
 
@@ -168,6 +170,23 @@ def _table(title: str, values: dict) -> list[str]:
         shown = f"{value:.4f}" if isinstance(value, float) else str(value)
         lines.append(f"| {key} | {shown} |")
     return [*lines, ""]
+
+
+def _ci(interval) -> str:
+    return f"[{interval[0]:.3f}, {interval[1]:.3f}]" if interval else "-"
+
+
+def _fairness_lines(fair: dict) -> list[str]:
+    lines = []
+    for column, result in fair.items():
+        lines += [f"### By {column}", "", "| group | n | F1 | 95% CI | TPR | 95% CI |",
+                  "| --- | ---: | ---: | --- | ---: | --- |"]  # fmt: skip
+        for name, g in result["groups"].items():
+            f1, tpr = f"{g['f1']:.3f} | {_ci(g['f1_ci'])}", f"{g['tpr']:.3f} | {_ci(g['tpr_ci'])}"
+            lines.append(f"| {name} | {g['n']} | {f1} | {tpr} |")
+        tpr_gap = f"{result['tpr_gap']:.3f} {_ci(result['tpr_gap_ci'])}" if result["tpr_gap"] is not None else "-"
+        lines += ["", f"Largest gap: F1 {result['f1_gap']:.3f} {_ci(result['f1_gap_ci'])}, TPR {tpr_gap}", ""]
+    return lines
 
 
 def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[Path]:
@@ -200,6 +219,7 @@ def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[P
     lines += _table("Frame level (the challenge's metric)", result["frame_level"])
     lines += _table("Sample level", result["sample_level"])
     lines += _table("Explanation faithfulness", result["faithfulness"])
+    lines += _fairness_lines(result.get("fairness") or {})
     for name, _, caption in pictures:
         lines += [f"![{caption}]({name})", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))
