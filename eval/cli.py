@@ -1,8 +1,9 @@
-"""`emoreason eval run|merge|report`: batch evaluation with the challenges' metrics.
+"""`emoreason eval run|merge|report|compare`: batch evaluation with the challenges' metrics.
 
     emoreason eval run --data data/abaw --model runs/sft/model --split validation --task expr --out eval/expr
     emoreason eval merge eval/expr-1 eval/expr-2 --out eval/expr      # shards of one run, joined and scored
     emoreason eval report eval/expr --smooth 15                        # score again, with smoothing over frames
+    emoreason eval compare eval/expr-sft eval/expr-grpo               # B - A per metric, paired bootstrap CIs
 
 `run` answers (resumable, `eval.run`) and then scores: `metrics.json`, `report.md`, `confusion_matrix.png`,
 `per_class_f1.png` in the run folder (`eval.report`). A shard (`--shard I/N`) is scored when merged.
@@ -15,7 +16,7 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "Evaluate: run (answer a dataset split, resumable), merge (join shards), report (score a run)."
+HELP = "Evaluate: run (answer a split, resumable), merge (join shards), report (score a run), compare (two runs)."
 
 
 def _report(out: Path, settings: dict, window: int) -> list[Path]:
@@ -90,6 +91,10 @@ def add_arguments(parser) -> None:
     p.add_argument("runs", nargs="+", help="the shards' run folders")
     p.add_argument("--out", required=True)
     p.add_argument("--smooth", type=int, default=1)
+    p = sub.add_parser("compare", help="metric differences between two runs, with paired bootstrap intervals")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.add_argument("--smooth", type=int, default=1)
     p = sub.add_parser("report", help="score a run folder again (for example with smoothing)")
     p.add_argument("run_dir", help="an `eval run` or `eval merge` folder")
     p.add_argument("--smooth", type=int, default=1)
@@ -102,6 +107,10 @@ def run(args) -> int:
         raise ValueError(f"--smooth must be an odd number of frames (1: none), got {args.smooth}")
     if args.action == "merge":
         return _merge(args)
+    if args.action == "compare":
+        from eval.compare import run as compare
+
+        return compare(args)
     if args.action == "report":
         from eval.run import RUN_FILE
 
