@@ -53,3 +53,56 @@ def f1_bars_picture(scores: dict[str, float], title: str) -> Image.Image:
         _text(draw, (left - 8, y + bar / 2), name[:14], anchor="rm")
         _text(draw, (left + width + 8, y + bar / 2), f"{value:.3f}", anchor="lm")
     return image
+
+
+CLASS_COLOURS = [(120, 120, 120), (220, 50, 47), (133, 153, 0), (108, 113, 196), (255, 200, 0), (38, 139, 210),
+                 (211, 54, 130), (42, 161, 152), (181, 137, 0), (203, 75, 22), (88, 110, 117)]  # fmt: skip
+INVALID = (235, 235, 235)
+
+
+def timelines_picture(videos: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], task: str, labels: list[str],
+                      width: int = 900) -> Image.Image:  # fmt: skip
+    """One panel per video along its frames: for classes (expressions, A/H) a strip of the true class over a strip
+    of the predicted one (invalid frames pale); for valence/arousal the true (dark) and predicted (blue) curves.
+    `videos`: (name, frame numbers, truth, prediction)."""
+    left, panel, gap = 120, 56 if task != "va" else 120, 18
+    legend = 40 if task != "va" else 24
+    image = Image.new("RGB", (left + width + 20, 30 + len(videos) * (panel + gap) + legend), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    _text(draw, (10, 8), f"{task}: per-video timelines (truth against prediction)")
+    for v, (name, frames, truth, pred) in enumerate(videos):
+        top = 30 + v * (panel + gap)
+        _text(draw, (8, top + panel / 2), name[:16], anchor="lm")
+        n = len(frames)
+        x = lambda i, n=n: left + (i / max(1, n - 1)) * width if n > 1 else left  # noqa: E731
+        if task == "va":
+            for row, label in enumerate(("valence", "arousal")):
+                y0 = top + row * panel / 2
+                height = panel / 2 - 6
+                draw.rectangle([left, y0, left + width, y0 + height], outline=GRID)
+                _text(draw, (left - 6, y0 + height / 2), label, fill=(90, 90, 90), anchor="rm")
+                y = lambda value, y0=y0, height=height: y0 + (1 - (float(value) + 1) / 2) * height  # noqa: E731
+                valid = np.all(truth != -5, axis=1)
+                for series, colour, mask in ((truth[:, row], INK, valid), (pred[:, row], (38, 139, 210), None)):
+                    points = [(x(i), y(series[i])) for i in range(n) if mask is None or mask[i]]
+                    if len(points) > 1:
+                        draw.line(points, fill=colour, width=2)
+            continue
+        half = panel / 2 - 3
+        for row, series in enumerate((truth, pred)):
+            y0 = top + row * (half + 6)
+            for i in range(n):
+                value = int(series[i])
+                colour = INVALID if value < 0 else CLASS_COLOURS[value % len(CLASS_COLOURS)]
+                x0, x1 = x(i), x(i + 1) if i + 1 < n else left + width
+                draw.rectangle([x0, y0, max(x0 + 1, x1), y0 + half], fill=colour)
+            _text(draw, (left - 6, y0 + half / 2), "true" if row == 0 else "predicted", fill=(90, 90, 90), anchor="rm")
+    y = 30 + len(videos) * (panel + gap)
+    if task == "va":
+        _text(draw, (left, y), "dark: annotation, blue: prediction; scale -1 (bottom) to 1 (top)")
+    else:
+        for k, label in enumerate(labels):
+            x0 = left + k * 100
+            draw.rectangle([x0, y, x0 + 12, y + 12], fill=CLASS_COLOURS[k % len(CLASS_COLOURS)])
+            _text(draw, (x0 + 16, y), label[:12])
+    return image

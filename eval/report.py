@@ -21,6 +21,8 @@ import numpy as np
 from eval import metrics as m
 from mllm.labels import ABAW_AUS
 
+TIMELINES = 8  # videos drawn in timelines.png
+
 
 def _au_vector(aus) -> np.ndarray:
     active = set(aus)
@@ -77,15 +79,20 @@ def sample_metrics(rows, predictions: dict, task: str, labels: tuple[str, ...]) 
     return out, extra
 
 
-def frame_metrics(rows, predictions: dict, task: str, labels: tuple[str, ...], window: int) -> dict:
-    """The challenge's metric over frames, where the samples carry per-frame labels."""
+def frames_of(rows, predictions: dict, task: str, labels: tuple[str, ...], window: int):
+    """The per-frame truth and prediction (`eval.frames.Frames`), or None when no sample has per-frame labels."""
     from eval.frames import map_to_frames
 
     column = {"expr": "expression_frames", "au": "au_frames", "va": "va_frames", "ah": "ah_frames"}[task]
     framed = [r for r in rows if r["frame_indices"] and r[column]]
-    if not framed:
+    return map_to_frames(framed, predictions, task, labels, window) if framed else None
+
+
+def frame_metrics(rows, predictions: dict, task: str, labels: tuple[str, ...], window: int, frames=None) -> dict:
+    """The challenge's metric over frames, where the samples carry per-frame labels."""
+    frames = frames if frames is not None else frames_of(rows, predictions, task, labels, window)
+    if frames is None:
         return {}
-    frames = map_to_frames(framed, predictions, task, labels, window)
     out = {"smoothing_window": window, **frames.counts}
     if task == "expr":
         out["expr_macro_f1"], out["frames_scored"] = m.expr_f1(frames.truth, frames.pred, len(labels))
@@ -146,6 +153,8 @@ def evaluate(rows, predictions: dict, task: str, label_space: str, window: int =
     answered = [i for i in ids if i in predictions]
     failures = [i for i in answered if not predictions[i].get("ok")]
     sample, extra = sample_metrics(rows, predictions, task, labels)
+    frames = frames_of(rows, predictions, task, labels, window)
+    extra["frames"] = frames
     result = {
         "task": task,
         "label_space": label_space,
@@ -155,7 +164,7 @@ def evaluate(rows, predictions: dict, task: str, label_space: str, window: int =
         "parse_failures": len(failures),
         "parse_failure_rate": len(failures) / len(answered) if answered else None,
         "sample_level": sample,
-        "frame_level": frame_metrics(rows, predictions, task, labels, window),
+        "frame_level": frame_metrics(rows, predictions, task, labels, window, frames),
         "faithfulness": faithfulness(rows, predictions, task, labels),
         "fairness": fairness(rows, predictions, task, labels),
     }
@@ -191,7 +200,7 @@ def _fairness_lines(fair: dict) -> list[str]:
 
 def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[Path]:
     """metrics.json, report.md and the pictures, each written under a temporary name and renamed into place."""
-    from eval.pictures import confusion_matrix_picture, f1_bars_picture
+    from eval.pictures import confusion_matrix_picture, f1_bars_picture, timelines_picture
     from mllm.labels import label_space as labels_of
     from mllm.outputs import atomic_path, atomic_write_text
 
@@ -205,6 +214,14 @@ def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[P
     if "per_class_f1" in extra:
         picture = f1_bars_picture(extra["per_class_f1"], f"{result['task']}: F1 per class (samples)")
         pictures.append(("per_class_f1.png", picture, "F1 per class (samples)"))
+    frames = extra.get("frames")
+    if frames is not None and result["task"] != "au":
+        names = np.asarray(frames.videos)
+        shown = [(v, frames.frames[names == v], frames.truth[names == v], frames.pred[names == v])
+                 for v in sorted(set(frames.videos))[:TIMELINES]]  # fmt: skip
+        labels = list(labels_of(result["label_space"])) if result["task"] == "expr" else ["absent", "present"]
+        picture = timelines_picture(shown, result["task"], labels)
+        pictures.append(("timelines.png", picture, f"Timelines of the first {len(shown)} videos (frames)"))
     for name, picture, _ in pictures:
         with atomic_path(out / name) as tmp:
             picture.save(tmp, format="PNG")

@@ -80,7 +80,7 @@ def test_a_killed_run_resumes_and_writes_every_report_file(abaw_expr_data, model
     assert all(after[k] == v for k, v in before.items())  # what was answered before the kill is kept as it was
     assert all(r["ok"] and r["label"] in LABELS and r["answer_logprob"] < 0 for r in after.values())
 
-    for name in ("metrics.json", "report.md", "confusion_matrix.png", "per_class_f1.png", RUN_FILE):
+    for name in ("metrics.json", "report.md", "confusion_matrix.png", "per_class_f1.png", "timelines.png", RUN_FILE):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())
     frame = metrics["frame_level"]
@@ -132,6 +132,8 @@ def test_merge_joins_shards_and_scores_them(abaw_expr_data, tmp_path):
     assert sorted(merged) == ids
     metrics = json.loads((tmp_path / "all" / "metrics.json").read_text())
     assert metrics["answered"] == 6 and metrics["frame_level"]["frames_scored"] == 74
+    for name in ("report.md", "confusion_matrix.png", "per_class_f1.png", "timelines.png"):
+        assert (tmp_path / "all" / name).is_file(), name
     again = _eval("merge", tmp_path / "s1", tmp_path / "s1", "--out", tmp_path / "twice", timeout=120)
     assert again.returncode == 1 and "given twice" in again.stderr
 
