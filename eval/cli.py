@@ -1,9 +1,11 @@
-"""`emoreason eval run|merge|report|compare`: batch evaluation with the challenges' metrics.
+"""`emoreason eval run|merge|report|compare|submit|score`: batch evaluation with the challenges' metrics.
 
     emoreason eval run --data data/abaw --model runs/sft/model --split validation --task expr --out eval/expr
     emoreason eval merge eval/expr-1 eval/expr-2 --out eval/expr      # shards of one run, joined and scored
     emoreason eval report eval/expr --smooth 15                        # score again, with smoothing over frames
     emoreason eval compare eval/expr-sft eval/expr-grpo               # B - A per metric, paired bootstrap CIs
+    emoreason eval submit eval/expr --sample CVPR_6th_ABAW_Expr_test_set_sample.txt --out predictions.txt
+    emoreason eval score --task abaw_expr --predictions predictions.txt --annotations .../Validation_Set
 
 `run` answers (resumable, `eval.run`) and then scores: `metrics.json`, `report.md`, `confusion_matrix.png`,
 `per_class_f1.png` in the run folder (`eval.report`). A shard (`--shard I/N`) is scored when merged.
@@ -16,7 +18,10 @@ import json
 import sys
 from pathlib import Path
 
-HELP = "Evaluate: run (answer a split, resumable), merge (join shards), report (score a run), compare (two runs)."
+HELP = (
+    "Evaluate: run (answer a split, resumable), merge (join shards), report (score a run), compare (two runs), "
+    "submit (challenge files), score (a challenge file)."
+)
 
 
 def _report(out: Path, settings: dict, window: int) -> list[Path]:
@@ -80,6 +85,74 @@ def _merge(args) -> int:
     return 0
 
 
+def _submit(args) -> int:
+    from eval.report import frames_of
+    from eval.run import PREDICTIONS, RUN_FILE, read_predictions
+    from eval.submission import (
+        bah_video_answers,
+        frames_from_annotations,
+        frames_from_sample,
+        reference_videos,
+        write_abaw,
+        write_bah,
+    )
+    from mllm.labels import label_space
+    from train.data import dataset_label_space, load_split
+
+    folder = Path(args.run_dir)
+    if not (folder / RUN_FILE).is_file():
+        raise FileNotFoundError(f"{folder}: not an `eval run` folder (no {RUN_FILE})")
+    _check_new_file(Path(args.out), [folder])
+    settings = json.loads((folder / RUN_FILE).read_text())
+    task = settings["task"]
+    rows = load_split(settings["data"], settings["split"], [task], settings.get("max_samples"), seed=0)
+    predictions = read_predictions(folder / PREDICTIONS)
+    if task == "ah":
+        if not args.reference:
+            raise ValueError("BAH: --reference SPLIT_FILE names the videos and their order")
+        videos = [v for v, _ in reference_videos(args.reference)]
+        probabilities, predicted = bah_video_answers(rows, predictions)
+        by_path = {v: Path(v).stem for v in videos}
+        counts = write_bah(args.out, videos, {v: probabilities[s] for v, s in by_path.items() if s in probabilities},
+                           {v: predicted[s] for v, s in by_path.items() if s in predicted})  # fmt: skip
+    else:
+        if bool(args.sample) == bool(args.frames_from):
+            raise ValueError("ABAW: give the frame list with --sample FILE (test set) or --frames-from DIR")
+        lists = frames_from_sample(args.sample) if args.sample else frames_from_annotations(args.frames_from, task)
+        labels = label_space(dataset_label_space(Path(settings["data"])))
+        frames = frames_of(rows, predictions, task, labels, args.smooth)
+        if frames is None:
+            raise ValueError(f"{folder}: its samples carry no per-frame labels; ABAW files are written per frame")
+        counts = write_abaw(args.out, task, frames, lists)
+    print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+    return 0
+
+
+def _check_new_file(path: Path, protect: list[Path]) -> None:
+    """The prediction file is new, or one this command wrote (it starts with our header or a BAH line); never a
+    file inside a run or the user's other files."""
+    for folder in protect:
+        if folder.resolve() in path.resolve().parents:
+            raise ValueError(f"{path}: --out must not be inside the run folder {folder}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: exists and is not a file")
+    if path.exists():
+        first = path.open(encoding="utf-8", errors="replace").readline()
+        if not (first.startswith("image_location,") or first.count(",") == 3):
+            raise ValueError(f"{path}: exists and is not a prediction file; choose a new --out")
+
+
+def _score(args) -> int:
+    from eval.submission import score_abaw, score_bah
+
+    if args.task == "bah":
+        result = score_bah(args.predictions, args.annotations)
+    else:
+        result = score_abaw(args.task.split("_", 1)[1], args.predictions, args.annotations)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
 def add_arguments(parser) -> None:
     from eval import run as run_module
 
@@ -95,6 +168,18 @@ def add_arguments(parser) -> None:
     p.add_argument("run_a")
     p.add_argument("run_b")
     p.add_argument("--smooth", type=int, default=1)
+    p = sub.add_parser("submit", help="write a run's answers as the challenge's prediction file")
+    p.add_argument("run_dir")
+    p.add_argument("--out", required=True, help="the prediction file to write (new, or one written by this command)")
+    p.add_argument("--sample", default=None, help="ABAW: the organisers' sample file (its frames, in its order)")
+    p.add_argument("--frames-from", default=None, help="ABAW: the annotation folder (<video>.txt) listing the frames")
+    p.add_argument("--reference", default=None, help="BAH: the split file (video_path,label,transcript)")
+    p.add_argument("--smooth", type=int, default=1)
+    p = sub.add_parser("score", help="score a challenge prediction file (ours or anyone's) against the annotations")
+    p.add_argument("--task", required=True, choices=["abaw_expr", "abaw_au", "abaw_va", "bah"])
+    p.add_argument("--predictions", required=True)
+    p.add_argument("--annotations", required=True, help="ABAW: the <video>.txt folder; BAH: the split file")
+    p.add_argument("--smooth", type=int, default=1, help=argparse.SUPPRESS)
     p = sub.add_parser("report", help="score a run folder again (for example with smoothing)")
     p.add_argument("run_dir", help="an `eval run` or `eval merge` folder")
     p.add_argument("--smooth", type=int, default=1)
@@ -107,6 +192,10 @@ def run(args) -> int:
         raise ValueError(f"--smooth must be an odd number of frames (1: none), got {args.smooth}")
     if args.action == "merge":
         return _merge(args)
+    if args.action == "submit":
+        return _submit(args)
+    if args.action == "score":
+        return _score(args)
     if args.action == "compare":
         from eval.compare import run as compare
 
