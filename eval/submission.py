@@ -51,15 +51,11 @@ def frames_from_annotations(folder, task: str) -> dict[str, int]:
 def frames_from_sample(path) -> dict[str, list[int]]:
     """The organisers' sample file: each video's frame numbers, in the file's order (`video/00001.jpg,` lines)."""
     out: dict[str, list[int]] = {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            text = line.strip()
-            if number == 1 and text.lower().startswith("image_location"):
-                continue
-            if not text:
-                continue
-            video, frame = _location(text.split(",", 1)[0], path, number)
-            out.setdefault(video, []).append(frame)
+    for number, text in _lines(path):
+        if number == 1 and text.lower().startswith("image_location"):
+            continue
+        video, frame = _location(text.split(",", 1)[0], path, number)
+        out.setdefault(video, []).append(frame)
     if not out:
         raise ValueError(f"{path}: no frame lines")
     return out
@@ -215,18 +211,22 @@ def _probabilities(p_present: float) -> tuple[str, str]:
     raise ValueError(f"no 4-decimal pair sums exactly to 1 near {p_present}")  # never seen: every pair tested
 
 
+def _lines(path):
+    """(line number, stripped text) of each non-blank line."""
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if line.strip():
+                yield number, line.strip()
+
+
 def reference_videos(path) -> list[tuple[str, int]]:
     """The BAH split file: (video path, label) per line, in order (`video_path,label,transcript`)."""
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            fields = text.split(",", 2)
-            if len(fields) < 2 or fields[1].strip() not in ("0", "1"):
-                raise ValueError(f"{path}:{number}: expected video_path,label[,transcript] with label 0 or 1")
-            out.append((fields[0].strip(), int(fields[1])))
+    for number, text in _lines(path):
+        fields = text.split(",", 2)
+        if len(fields) < 2 or fields[1].strip() not in ("0", "1"):
+            raise ValueError(f"{path}:{number}: expected video_path,label[,transcript] with label 0 or 1")
+        out.append((fields[0].strip(), int(fields[1])))
     return out
 
 
@@ -246,27 +246,23 @@ def write_bah(path, videos: list[str], p_present: dict[str, float], predicted: d
 
 def read_bah(path) -> list[tuple[str, float, int]]:
     out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            text = line.strip()
-            if not text:
-                continue
-            fields = text.split(",")
-            try:
-                if len(fields) == 4:
-                    p0, p1, prediction = float(fields[1]), float(fields[2]), int(fields[3])
-                    ok = 0 <= p0 <= 1 and 0 <= p1 <= 1 and p0 + p1 == 1.0 and prediction in (0, 1)
-                elif len(fields) == 2:
-                    prediction = int(fields[1])
-                    p1, ok = float("nan"), prediction in (0, 1)
-                else:
-                    ok = False
-            except ValueError:
+    for number, text in _lines(path):
+        fields = text.split(",")
+        try:
+            if len(fields) == 4:
+                p0, p1, prediction = float(fields[1]), float(fields[2]), int(fields[3])
+                ok = 0 <= p0 <= 1 and 0 <= p1 <= 1 and p0 + p1 == 1.0 and prediction in (0, 1)
+            elif len(fields) == 2:
+                prediction = int(fields[1])
+                p1, ok = float("nan"), prediction in (0, 1)
+            else:
                 ok = False
-            if not ok:
-                raise ValueError(f"{path}:{number}: expected video,prediction or video,p0,p1,prediction with p0 + p1 "
-                                 f"= 1 and the prediction 0 or 1, got {text!r}")  # fmt: skip
-            out.append((fields[0].strip(), p1, prediction))
+        except ValueError:
+            ok = False
+        if not ok:
+            raise ValueError(f"{path}:{number}: expected video,prediction or video,p0,p1,prediction with p0 + p1 = 1 "
+                             f"and the prediction 0 or 1, got {text!r}")  # fmt: skip
+        out.append((fields[0].strip(), p1, prediction))
     return out
 
 
