@@ -160,6 +160,10 @@ def add_arguments(parser) -> None:
     p = sub.add_parser("run", help="answer a dataset split through the engine, then score it")
     run_module.add_arguments(p)
     p.add_argument("--smooth", type=int, default=1, help="frames in the smoothing window (odd; 1: none)")
+    p.add_argument("--submission", default=None, metavar="FILE", help="also write the challenge file (see submit)")
+    p.add_argument("--sample", default=None, help="ABAW: the organisers' sample file (its frames, in its order)")
+    p.add_argument("--frames-from", default=None, help="ABAW: the annotation folder (<video>.txt) listing the frames")
+    p.add_argument("--reference", default=None, help="BAH: the split file (video_path,label,transcript)")
     p = sub.add_parser("merge", help="join the shards of one run and score them")
     p.add_argument("runs", nargs="+", help="the shards' run folders")
     p.add_argument("--out", required=True)
@@ -210,7 +214,14 @@ def run(args) -> int:
         return 0
     from eval import run as run_module
 
+    if args.submission:  # checked before any answering
+        _check_new_file(Path(args.submission), [Path(args.out)])
+        if run_module.parse_shard(args.shard) != (1, 1):
+            raise ValueError("--submission is written for a whole run: give it to `eval submit` after `eval merge`")
     code = run_module.run(args)
     if code == 0 and run_module.parse_shard(args.shard) == (1, 1):
         _report(Path(args.out), run_module.run_settings(args), args.smooth)
+        if args.submission:
+            args.run_dir, args.out = args.out, args.submission
+            return _submit(args)
     return code

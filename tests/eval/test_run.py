@@ -71,7 +71,10 @@ def test_a_killed_run_resumes_and_writes_every_report_file(abaw_expr_data, model
     before = read_predictions(out / PREDICTIONS)
     assert 2 <= len(before) < 6, "the run finished before it could be killed"
 
-    done = _eval(*_run_args(abaw_expr_data, model_copy, out), timeout=600)
+    annotations = abaw_expr_data.parent / "tree" / "EXPR_Recognition_Challenge" / "Validation_Set"
+    submission = tmp_path / "predictions.txt"
+    done = _eval(*_run_args(abaw_expr_data, model_copy, out, "--submission", submission, "--frames-from", annotations),
+                 timeout=600)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"{len(before)} answered before, {6 - len(before)} to go" in done.stderr
     lines = (out / PREDICTIONS).read_text().splitlines()
@@ -88,6 +91,10 @@ def test_a_killed_run_resumes_and_writes_every_report_file(abaw_expr_data, model
     assert frame["expr_macro_f1"] == pytest.approx(_expected_frame_f1(after), abs=1e-12)
     assert metrics["sample_level"]["samples"] == 6 and metrics["parse_failures"] == 0
     assert not [p for p in out.iterdir() if ".emoreason-tmp-" in p.name]
+    # The same command wrote the challenge file, which scores exactly the run's frame-level F1.
+    assert len(submission.read_text().splitlines()) == 1 + 80
+    scored = _eval("score", "--task", "abaw_expr", "--predictions", submission, "--annotations", annotations)
+    assert json.loads(scored.stdout)["expr_macro_f1"] == pytest.approx(frame["expr_macro_f1"], abs=1e-12)
 
 
 def test_a_run_folder_of_other_settings_and_a_model_of_another_label_space_are_refused(abaw_expr_data, model_copy,

@@ -61,11 +61,13 @@ def test_final_model_folder_has_adapter_new_modules_and_export(sft_run, tiny_dir
 def test_predict_loads_the_run_folder(sft_run, expression_data):
     from datasets import load_from_disk
 
+    from mllm.output import parse
     from mllm.predict import predict
 
     image = load_from_disk(str(expression_data))["test"][0]["image"]
     result = predict(sft_run, image, max_new_tokens=24)
-    assert result["engine"] == "transformers" and isinstance(result["completion"], str)
+    assert isinstance(result["completion"], str) and result["completion"]
+    assert result["ok"] == parse(result["completion"], "expr", "basic7").ok
 
 
 def _trainer(tiny_dir, data, out):
