@@ -101,7 +101,7 @@ def bench_inference(clips: int, work: Path) -> dict:
     detector = FaceDetector(DetectorSettings(min_face_fraction=0.0))
     faces = [align_face(f, detector.detect(f)[0].landmarks_68, size=112).crop for f in synthetic.face_frames(8)]
     frames = clips * CLIP
-    clip = synthetic.write_video(work / "clip.mp4", synthetic.face_frames(CLIP, size=(96, 128)), fps=30.0,
+    clip = synthetic.write_video(work / "clip.mp4", synthetic.face_frames(frames, size=(96, 128)), fps=30.0,
                                  audio=synthetic.speech_or_tone("Well, I suppose so.", frames / 30.0))  # fmt: skip
     root = work / "abaw"
     header = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"

@@ -24,7 +24,7 @@ HELP = (
 )
 
 
-def _report(out: Path, settings: dict, window: int) -> list[Path]:
+def _report(out: Path, settings: dict, window: int) -> dict:
     from eval.report import evaluate, write_report
     from eval.run import PREDICTIONS, read_predictions
     from train.data import dataset_label_space, load_split
@@ -33,14 +33,17 @@ def _report(out: Path, settings: dict, window: int) -> list[Path]:
     predictions = read_predictions(out / PREDICTIONS)
     space = dataset_label_space(Path(settings["data"]))
     result, extra = evaluate(rows, predictions, settings["task"], space, window)
-    written = write_report(out, result, extra, settings)
+    write_report(out, result, extra, settings)
     for line in _summary(result):
         print(line)
-    return written
+    return result
 
 
 def _summary(result: dict) -> list[str]:
-    lines = [f"{result['answered']}/{result['samples']} answered, parse failures {result['parse_failures']}"]
+    lines = [
+        f"{result['answered']}/{result['samples']} answered, parse failures {result['parse_failures']}, "
+        f"unreadable media {result['unreadable_media']}"
+    ]
     for level in ("frame_level", "sample_level", "faithfulness"):
         shown = ", ".join(f"{k} {v:.4f}" for k, v in result[level].items() if isinstance(v, float))
         if shown:
@@ -220,8 +223,10 @@ def run(args) -> int:
             raise ValueError("--submission is written for a whole run: give it to `eval submit` after `eval merge`")
     code = run_module.run(args)
     if code == 0 and run_module.parse_shard(args.shard) == (1, 1):
-        _report(Path(args.out), run_module.run_settings(args), args.smooth)
+        result = _report(Path(args.out), run_module.run_settings(args), args.smooth)
         if args.submission:
             args.run_dir, args.out = args.out, args.submission
-            return _submit(args)
+            code = _submit(args)
+        if result["unreadable_media"]:
+            code = 3  # finished, scored, but some samples could not be answered
     return code

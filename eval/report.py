@@ -152,6 +152,7 @@ def evaluate(rows, predictions: dict, task: str, label_space: str, window: int =
     ids = [r["id"] for r in rows]
     answered = [i for i in ids if i in predictions]
     failures = [i for i in answered if not predictions[i].get("ok")]
+    unreadable = [i for i in failures if predictions[i].get("error") == "unreadable_media"]
     sample, extra = sample_metrics(rows, predictions, task, labels)
     frames = frames_of(rows, predictions, task, labels, window)
     extra["frames"] = frames
@@ -161,8 +162,9 @@ def evaluate(rows, predictions: dict, task: str, label_space: str, window: int =
         "samples": len(ids),
         "answered": len(answered),
         "missing": len(ids) - len(answered),
-        "parse_failures": len(failures),
-        "parse_failure_rate": len(failures) / len(answered) if answered else None,
+        "unreadable_media": len(unreadable),
+        "parse_failures": len(failures) - len(unreadable),
+        "parse_failure_rate": (len(failures) - len(unreadable)) / len(answered) if answered else None,
         "sample_level": sample,
         "frame_level": frame_metrics(rows, predictions, task, labels, window, frames),
         "faithfulness": faithfulness(rows, predictions, task, labels),
@@ -232,7 +234,8 @@ def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[P
     lines = [f"# Evaluation: {result['task']} on {settings.get('data')} [{settings.get('split')}]", "",
              f"Model `{settings.get('model')}`{adapter}", "",
              f"{result['answered']} of {result['samples']} samples answered; {result['parse_failures']} answers did "
-             "not parse.", ""]  # fmt: skip
+             f"not parse; {result['unreadable_media']} samples' media could not be read (counted as wrong).",
+             ""]  # fmt: skip
     lines += _table("Frame level (the challenge's metric)", result["frame_level"])
     lines += _table("Sample level", result["sample_level"])
     lines += _table("Explanation faithfulness", result["faithfulness"])

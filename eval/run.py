@@ -150,15 +150,26 @@ async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens
 
     pending = iter(rows)
     done = 0
+    unreadable = []
+
+    from serve.engine import RequestError
 
     async def worker():
         nonlocal done
         for row in pending:
             params = engine.sampling_params(task, max_new_tokens, logprobs=0)
             pieces, started = [], time.perf_counter()
-            async for delta in engine.stream(conversation(row, with_target=False), model=model, task=task,
-                                             params=params):  # fmt: skip
-                pieces.append((delta.text, delta.logprobs))
+            try:
+                async for delta in engine.stream(conversation(row, with_target=False), model=model, task=task,
+                                                 params=params):  # fmt: skip
+                    pieces.append((delta.text, delta.logprobs))
+            except RequestError as exc:  # this sample's media cannot be read: recorded, counted, and the run goes on
+                appender.write({"id": row["id"], "task": task, "completion": "", "ok": False,
+                                "error": "unreadable_media", "message": str(exc)})  # fmt: skip
+                unreadable.append((row["id"], str(exc)))
+                if progress is not None:
+                    progress.update(1)
+                continue
             text = "".join(p for p, _ in pieces)
             appender.write({
                 "id": row["id"],
@@ -173,6 +184,11 @@ async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens
                 progress.update(1)
 
     await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    if unreadable:
+        sample, message = unreadable[0]
+        print(f"warning: {len(unreadable)} samples could not be read and count as wrong answers (their lines say "
+              f"why; remove them from {PREDICTIONS} to retry); first: {sample}: {message}",
+              file=sys.stderr)  # fmt: skip
     return done
 
 

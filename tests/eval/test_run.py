@@ -164,3 +164,37 @@ def test_answer_logprob_sums_the_answer_tokens_only():
     assert answer_logprob(pieces) == pytest.approx(-0.5)
     assert answer_logprob([("<think>", None)]) is None
     assert np.isclose(answer_logprob(pieces[:6]), -0.5)
+
+
+def test_a_sample_whose_media_cannot_be_read_is_recorded_and_the_run_goes_on(tmp_path, capsys):
+    """answer_rows with a stand-in engine: the unreadable sample gets a line saying why, the others their answers."""
+    import asyncio
+
+    from eval.run import answer_rows
+    from serve.engine import Delta, RequestError, parsed_result
+
+    class Engine:
+        def sampling_params(self, task, max_tokens, **kw):
+            return None
+
+        async def stream(self, messages, **kw):
+            if "broken" in messages[0]["content"][0]["video"]:
+                raise RequestError("/data/broken.mp4: truncated video")
+            for piece in ("<think>x</think>", "<answer>", "Fear", "</answer>"):
+                yield Delta(piece, [1], None, [-0.25])
+
+        def parse(self, text, task):
+            return parsed_result(text, task, "abaw_expr")
+
+    rows = [{"id": f"s{i}", "prompt": json.dumps([{"role": "user", "content": [
+        {"type": "video", "video": f"/data/{'broken' if i == 1 else 'ok'}.mp4"}, {"type": "text", "text": "?"}]}])}
+        for i in range(3)]  # fmt: skip
+    appender = Appender(tmp_path / PREDICTIONS)
+    asyncio.run(answer_rows(Engine(), rows, "expr", None, 64, appender, concurrency=2))
+    appender.close()
+    records = read_predictions(tmp_path / PREDICTIONS)
+    assert sorted(records) == ["s0", "s1", "s2"]
+    assert records["s1"]["ok"] is False and records["s1"]["error"] == "unreadable_media"
+    assert "truncated video" in records["s1"]["message"]
+    assert records["s0"]["label"] == records["s2"]["label"] == "Fear" and records["s0"]["answer_logprob"] == -0.25
+    assert "1 samples could not be read" in capsys.readouterr().err
