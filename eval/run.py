@@ -11,7 +11,7 @@ is appended to `OUT/predictions.jsonl` as it comes (flushed and synced): the id,
 `<answer>`), from which ranking scores such as BAH's average precision are made. A rerun with the same settings
 skips the ids already there, so a killed run loses at most the answers in flight and never writes one twice; a
 line cut short by a kill is dropped on resume. `OUT/run.json` records the settings; a rerun with other settings
-into the same folder is refused.
+into the same folder is refused. A sample whose media cannot be read gets a line saying why and the run goes on.
 """
 
 from __future__ import annotations
@@ -146,13 +146,12 @@ def answer_logprob(pieces: list[tuple[str, list[float] | None]]) -> float | None
 async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens: int, appender, concurrency: int,
                       progress=None) -> int:  # fmt: skip
     """Answer `rows` with at most `concurrency` requests in flight, appending each answer as it comes."""
+    from serve.engine import RequestError
     from train.data import conversation
 
     pending = iter(rows)
     done = 0
     unreadable = []
-
-    from serve.engine import RequestError
 
     async def worker():
         nonlocal done
@@ -255,7 +254,8 @@ def _answer(args, todo) -> None:
             await engine.shutdown()
 
     try:
-        asyncio.run(main())
+        with stdout_to_stderr():  # vLLM's processes inherit the descriptor: stdout stays for the scores
+            asyncio.run(main())
     finally:
         progress.close()
         appender.close()
