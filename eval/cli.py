@@ -1,10 +1,10 @@
 """`emoreason eval run|merge|report|compare|submit|score`: batch evaluation with the challenges' metrics.
 
-    emoreason eval run --data data/abaw --model runs/sft/model --split validation --task expr --out eval/expr
-    emoreason eval merge eval/expr-1 eval/expr-2 --out eval/expr      # shards of one run, joined and scored
-    emoreason eval report eval/expr --smooth 15                        # score again, with smoothing over frames
-    emoreason eval compare eval/expr-sft eval/expr-grpo               # B - A per metric, paired bootstrap CIs
-    emoreason eval submit eval/expr --sample CVPR_6th_ABAW_Expr_test_set_sample.txt --out predictions.txt
+    emoreason eval run --data data/abaw --model runs/sft/model --split validation --task expr --out runs/eval-expr
+    emoreason eval merge runs/eval-1 runs/eval-2 --out runs/eval      # shards of one run, joined and scored
+    emoreason eval report runs/eval --smooth 15                        # score again, with smoothing over frames
+    emoreason eval compare runs/eval-sft runs/eval-grpo               # B - A per metric, paired bootstrap CIs
+    emoreason eval submit runs/eval --sample CVPR_6th_ABAW_Expr_test_set_sample.txt --out predictions.txt
     emoreason eval score --task abaw_expr --predictions predictions.txt --annotations .../Validation_Set
 
 `run` answers (resumable, `eval.run`) and then scores: `metrics.json`, `report.md`, `confusion_matrix.png`,

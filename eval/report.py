@@ -44,6 +44,7 @@ def sample_metrics(rows, predictions: dict, task: str, labels: tuple[str, ...]) 
             per_class = m.class_f1(true, pred, range(n))
             recall = m.uar_war(true, pred)
             out.update({"accuracy": m.accuracy(true, pred), "macro_f1": float(per_class.mean()),
+                        "macro_f1_classes": n, "classes_present": int(len(np.unique(true))),
                         "uar": recall["uar"], "war": recall["war"], "samples": len(scored)})  # fmt: skip
             matrix = np.zeros((n, n + 1), dtype=np.int64)
             np.add.at(matrix, (true, pred), 1)

@@ -1,8 +1,8 @@
 """`emoreason eval run`: a dataset split answered by the serving engine, one line per sample, resumable.
 
-    emoreason eval run --data data/abaw --model runs/sft/model --split validation --task expr --out eval/abaw-expr
-    emoreason eval run ... --shard 2/4 --out eval/abaw-expr-2      # the second of four disjoint parts
-    emoreason eval merge eval/abaw-expr-1 ... eval/abaw-expr-4 --out eval/abaw-expr
+    emoreason eval run --data data/abaw --model runs/sft/model --split validation --task expr --out runs/eval-abaw-expr
+    emoreason eval run ... --shard 2/4 --out runs/eval-abaw-expr-2      # the second of four disjoint parts
+    emoreason eval merge runs/eval-abaw-expr-1 ... runs/eval-abaw-expr-4 --out runs/eval-abaw-expr
 
 Inference runs in this process through `serve.engine.Engine` (no HTTP): the encoders batched across the requests
 in flight, vLLM on the exported language model, the answer constrained to the task's grammar, greedy. Each answer
@@ -211,8 +211,10 @@ def run(args) -> int:
     from train.data import load_split
 
     settings = run_settings(args)
-    if args.max_new_tokens < 24:
-        raise ValueError("--max-new-tokens must be at least 24 (the answer's grammar needs room)")
+    from mllm.output import think_budget
+    from train.data import dataset_label_space
+
+    think_budget(args.task, dataset_label_space(Path(args.data)), args.max_new_tokens)  # room for the answer
     rows = load_split(args.data, args.split, [args.task], args.max_samples, seed=0)  # checked before any writing
     _check_label_space(args)
     rows = rows.sort("id")
@@ -272,7 +274,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="new or empty folder, or an earlier run's to resume")
     parser.add_argument("--shard", default=None, metavar="I/N", help="answer only the I-th of N disjoint parts")
     parser.add_argument("--max-samples", type=int, default=None, help="a random subset of this size (seed 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--max-new-tokens", type=int, default=512,
+                        help="tokens per answer; the reasoning gets what the answer leaves (default 512)")  # fmt: skip
     parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
     parser.add_argument("--dtype", default=None, help="vLLM dtype (default: as `serve`)")
     parser.add_argument("--enforce-eager", action="store_true", help="no compiled graphs (fast start)")

@@ -203,6 +203,25 @@ ANSWERS: dict[str, AnswerFormat] = {
 }
 
 
+def think_budget(task: str, labels: str | tuple[str, ...], max_tokens: int) -> int:
+    """The most characters the think may take so that a completion of `max_tokens` tokens always has room for the
+    closing tag and the longest answer of the task (each token is at least one character of ASCII text; a think in
+    other scripts may take more tokens than characters and then run out before its answer, which is reported as
+    unparsed, never forced). Raises ValueError when `max_tokens` leaves no room for any think."""
+    _check_task(task)
+    names = label_space(labels) if isinstance(labels, str) else tuple(labels)
+    longest = {
+        "expr": max(len(n) for n in names),
+        "au": len(", ".join(ABAW_AUS)),
+        "va": len("valence=-0.00, arousal=-0.00"),
+        "ah": max(len(a) for a in AH_ANSWERS),
+    }[task]
+    reserve = len("</think><answer>") + longest + len("</answer>") + len("<think>")
+    if max_tokens <= reserve:
+        raise ValueError(f"a {task} answer needs max_tokens >= {reserve + 1} (got {max_tokens})")
+    return max_tokens - reserve
+
+
 def answer_regex(task: str, labels: str | tuple[str, ...] = "abaw_expr", max_think_chars: int | None = None) -> str:
     """A regular expression of whole valid completions, for constrained decoding (vLLM structured outputs).
     The think text may not contain '<', which keeps tags out of it; `max_think_chars` bounds its length so a

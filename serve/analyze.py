@@ -43,9 +43,12 @@ def _engine_answers(args, media: list[str]) -> tuple[list[str], str]:
         refused = [(m, e) for m, e in zip(media, embeds, strict=True) if isinstance(e, Exception)]
         if refused:
             for m, e in refused[1:]:
-                print(f"emoreason analyze: error: {m}: {e}", file=sys.stderr)
+                text = str(e)
+                print(f"emoreason analyze: error: {text[text.find(m) :] if m in text else f'{m}: {text}'}",
+                      file=sys.stderr)  # fmt: skip
             m, e = refused[0]
-            raise ValueError(str(e) if str(e).startswith(m) else f"{m}: {e}")
+            text = str(e)  # the processor's message names the part, then the file: the file is what users gave
+            raise ValueError(text[text.find(m) :] if m in text else f"{m}: {text}")
 
         async def answer_all() -> list[str]:
             await engine.start()
@@ -124,7 +127,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per file instead of text")
     parser.add_argument("--engine", default="vllm", choices=["vllm", "transformers"],
                         help="vllm: the serving engine, constrained (default); transformers: generate")  # fmt: skip
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--max-new-tokens", type=int, default=512,
+                        help="tokens per answer; the reasoning gets what the answer leaves (default 512)")  # fmt: skip
     parser.add_argument("--overlay", default=None, metavar="DIR",
                         help="write the frames used, with face box and landmarks, as PNGs into DIR")  # fmt: skip
     parser.add_argument("--dtype", default=None, help="vLLM dtype (default: as `serve`)")
@@ -135,8 +139,9 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     if not args.model:
         raise ValueError(f"no model: pass --model DIR or set {MODEL_ENV} (`make demo` builds a tiny random one)")
-    if args.max_new_tokens < 24:
-        raise ValueError("--max-new-tokens must be at least 24 (the answer's grammar needs room)")
+    from mllm.output import think_budget
+
+    think_budget(args.task, "abaw_expr", args.max_new_tokens)  # the longest label space's room: refused at once
     overlay = None
     if args.overlay:  # claimed before any work: a folder of other files is refused at once
         from mllm.outputs import claim_output_dir

@@ -372,18 +372,20 @@ class Engine:
 
     def constrain(self, params, task: str | None):
         """`params` (vLLM SamplingParams) made to stream deltas and, when a task is named, to follow that task's
-        grammar: the think then takes at most half the token budget in characters, so the answer always fits."""
+        grammar: the think then takes at most the characters that leave room for the answer (`think_budget`)."""
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        from mllm.output import answer_regex
+        from mllm.output import answer_regex, think_budget
 
         if task is not None and task not in TASKS:
             raise RequestError(f"unknown task {task!r}; valid: {', '.join(TASKS)}", param="task")
         params.output_kind = RequestOutputKind.DELTA
         if task is not None:
-            if params.max_tokens is None or params.max_tokens < 24:
-                raise RequestError("a task's answer needs max_tokens >= 24", param="max_tokens")
-            regex = answer_regex(task, self.label_space, max_think_chars=max(1, params.max_tokens // 2))
+            try:
+                budget = think_budget(task, self.label_space, params.max_tokens or 0)
+            except ValueError as exc:
+                raise RequestError(str(exc), param="max_tokens") from None
+            regex = answer_regex(task, self.label_space, max_think_chars=budget)
             params.structured_outputs = StructuredOutputsParams(regex=regex)
         return params
 

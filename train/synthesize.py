@@ -158,7 +158,7 @@ def _grammar_builder(model, processor, max_new_tokens: int) -> Callable[[dict], 
         import xgrammar as xgr
     except ImportError:
         raise ValueError("--constrained needs xgrammar (installed with vLLM): pip install xgrammar") from None
-    from mllm.output import answer_regex
+    from mllm.output import answer_regex, think_budget
 
     eos = model.config.eos_token_id
     vocab_size = model.get_output_embeddings().weight.shape[0]
@@ -171,7 +171,8 @@ def _grammar_builder(model, processor, max_new_tokens: int) -> Callable[[dict], 
     def grammar(row: dict):
         key = (row["task"], row["label_space"])
         if key not in compiled:
-            regex = answer_regex(row["task"], row["label_space"], max_think_chars=max(1, max_new_tokens // 2))
+            budget = think_budget(row["task"], row["label_space"], max_new_tokens)
+            regex = answer_regex(row["task"], row["label_space"], max_think_chars=budget)
             compiled[key] = compiler.compile_regex(regex)
         return compiled[key]
 
@@ -339,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--task", action="append", choices=["expr", "au", "va", "ah"], help="repeatable; default all")
     parser.add_argument("--num-generations", type=int, default=4, help="completions sampled per sample")
     parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--max-new-tokens", type=int, default=320)
     parser.add_argument(
         "--min-reward",
         action="append",

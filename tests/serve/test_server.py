@@ -96,7 +96,7 @@ def test_task_constrained_answers_always_parse(client, task):
     for i, url in enumerate(_crops(3)):
         for model in ("emoreason", "trained"):
             out = client.chat.completions.create(model=model, messages=_user(url, question(task, labels)),
-                                                 max_tokens=96, temperature=1.0, seed=i,
+                                                 max_tokens=128, temperature=1.0, seed=i,
                                                  extra_body={"task": task})  # fmt: skip
             text, parsed = out.choices[0].message.content, out.model_extra["emoreason"]
             space = "basic7" if model == "trained" else "abaw_expr"
