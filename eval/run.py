@@ -156,7 +156,7 @@ async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens
     async def worker():
         nonlocal done
         for row in pending:
-            params = engine.sampling_params(task, max_new_tokens, logprobs=0)
+            params = engine.sampling_params(task, max_new_tokens, model=model, logprobs=0)
             pieces, started = [], time.perf_counter()
             try:
                 async for delta in engine.stream(conversation(row, with_target=False), model=model, task=task,
@@ -174,7 +174,7 @@ async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens
                 "id": row["id"],
                 "task": task,
                 "completion": text,
-                **engine.parse(text, task),
+                **engine.parse(text, task, model),
                 "answer_logprob": answer_logprob(pieces),
                 "seconds": round(time.perf_counter() - started, 3),
             })  # fmt: skip
@@ -199,6 +199,8 @@ def _check_label_space(args) -> None:
     if args.task != "expr":
         return
     config = Path(str(resolve_checkpoint(args.model))) / "config.json"
+    if args.adapter and (Path(args.adapter) / "config.json").is_file():  # a trained folder answers in its own space
+        config = Path(args.adapter) / "config.json"
     model_space = json.loads(config.read_text()).get("label_space")
     data_space = dataset_label_space(Path(args.data))
     if model_space != data_space:

@@ -299,8 +299,8 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
             raise HTTPRefusal(503, f"the server is busy ({state['active']} requests); retry later", "server_busy")
         messages = await police_media(body["messages"], policy)
         try:
-            params = engine.constrain(req.to_sampling_params(max_tokens, {}), task)
             model_name = engine.served_name(req.model)
+            params = engine.constrain(req.to_sampling_params(max_tokens, {}), task, model_name)
         except RequestError as exc:
             raise HTTPRefusal(exc.status, str(exc), exc.code, exc.param) from None
         except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's own checks of the sampling fields
@@ -363,7 +363,7 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
                     }
                 ],  # fmt: skip
                 usage=usage,
-                emoreason=engine.parse(tally.text, task),
+                emoreason=engine.parse(tally.text, task, model_name),
             )
             return JSONResponse(completion.model_dump(mode="json", exclude_none=True))
 
@@ -384,7 +384,7 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
                         tally.add(delta)
                         if delta.text:
                             yield chunk({"content": delta.text})
-                yield chunk({}, _finish(tally.finish), emoreason=engine.parse(tally.text, task))
+                yield chunk({}, _finish(tally.finish), emoreason=engine.parse(tally.text, task, model_name))
                 usage = tally.usage()
                 if include_usage:
                     c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created,

@@ -74,20 +74,20 @@ def build_demo(engine, max_tokens: int = 256, max_file_bytes: int | None = None,
         thinking = {"role": "assistant", "content": "", "metadata": {"title": "Reasoning", "status": "pending"}}
         history.append(thinking)
         yield history, "…", None
-        messages = build_messages(media, task, engine.label_space)
+        messages = build_messages(media, task, engine.served[engine.served_name(model)].label_space)
         try:
             embeds = await engine.embed(messages, model)
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
         picture = asyncio.create_task(asyncio.to_thread(frames_used, engine.processor, media))  # a face cache hit
-        params = engine.sampling_params(task, max_tokens)
+        params = engine.sampling_params(task, max_tokens, model=model)
         text = ""
         async for delta in engine.stream(messages, model=model, task=task, params=params, embeds=embeds):
             text += delta.text
             thinking["content"], answer = _split(text)
             yield history, answer or "…", None
         thinking["metadata"]["status"] = "done"
-        parsed = engine.parse(text, task)
+        parsed = engine.parse(text, task, model)
         shown = answer_markdown(parsed)
         history.append({"role": "assistant", "content": shown})
         try:

@@ -70,6 +70,7 @@ class _Served:
     encoder: str
     lora_path: Path | None
     lora_id: int | None
+    label_space: str  # the expression labels its answers are constrained to and parsed in
 
 
 def cpu_dtype() -> str:
@@ -177,13 +178,13 @@ class Engine:
         main_key = next(iter(self.encoders))
         ids = itertools.count(1)
         self.served: dict[str, _Served] = {
-            self.name: _Served(self.name, main_key, own_lora, next(ids) if own_lora else None)
+            self.name: _Served(self.name, main_key, own_lora, next(ids) if own_lora else None, self.label_space)
         }
         for adapter_name, path in (adapters or {}).items():
             if adapter_name in self.served:
                 raise ValueError(f"adapter name {adapter_name!r} is taken (the main model is {self.name!r})")
-            encoder, lora = self._load_adapter(adapter_name, Path(path), main)
-            self.served[adapter_name] = _Served(adapter_name, encoder, lora, next(ids) if lora else None)
+            encoder, lora, space = self._load_adapter(adapter_name, Path(path), main)
+            self.served[adapter_name] = _Served(adapter_name, encoder, lora, next(ids) if lora else None, space)
         self.llm = None
         self._pending: list = []
         self._wake: asyncio.Event | None = None
@@ -192,7 +193,7 @@ class Engine:
 
     # Loading ------------------------------------------------------------------------------------------------------
 
-    def _load_adapter(self, name: str, path: Path, main) -> tuple[str, Path | None]:
+    def _load_adapter(self, name: str, path: Path, main) -> tuple[str, Path | None, str]:
         from mllm.export import (
             check_adapter,
             content_key,
@@ -218,14 +219,14 @@ class Engine:
             lora = served_lora(path, self.lm_dir)
             if lora is None:
                 raise ValueError(f"adapter {name}: {path} has no LoRA adapter (adapter/adapter_config.json)")
-            return key, lora
+            return key, lora, other.config.label_space
         if not (path / "adapter_config.json").is_file():
             raise ValueError(f"adapter {name}: {path} is neither an EmoReason folder nor a PEFT adapter folder")
         check_adapter(path)
         key = content_key(path, salt=f"{content_key(self.model_dir)} {self.lm_dir.resolve()}")
         final = served_folder(self.model_dir, key) / "adapters" / key[:32]
         write_export(final, key, lambda tmp: convert_lora_adapter(path, tmp, main, self.lm_dir))
-        return next(iter(self.encoders)), final
+        return next(iter(self.encoders)), final, self.label_space
 
     async def start(self) -> None:
         """Start vLLM (20-60 s on CPU) and the encoder batcher, on the running event loop."""
@@ -370,9 +371,10 @@ class Engine:
 
     # Generation ---------------------------------------------------------------------------------------------------
 
-    def constrain(self, params, task: str | None):
+    def constrain(self, params, task: str | None, model: str | None = None):
         """`params` (vLLM SamplingParams) made to stream deltas and, when a task is named, to follow that task's
-        grammar: the think then takes at most the characters that leave room for the answer (`think_budget`)."""
+        grammar (in the label space of the served `model`): the think then takes at most the characters that leave
+        room for the answer (`think_budget`)."""
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         from mllm.output import answer_regex, think_budget
@@ -381,15 +383,16 @@ class Engine:
             raise RequestError(f"unknown task {task!r}; valid: {', '.join(TASKS)}", param="task")
         params.output_kind = RequestOutputKind.DELTA
         if task is not None:
+            space = self._served(model).label_space
             try:
-                budget = think_budget(task, self.label_space, params.max_tokens or 0)
+                budget = think_budget(task, space, params.max_tokens or 0)
             except ValueError as exc:
                 raise RequestError(str(exc), param="max_tokens") from None
-            regex = answer_regex(task, self.label_space, max_think_chars=budget)
+            regex = answer_regex(task, space, max_think_chars=budget)
             params.structured_outputs = StructuredOutputsParams(regex=regex)
         return params
 
-    def sampling_params(self, task: str | None = None, max_tokens: int = 256, **sampling):
+    def sampling_params(self, task: str | None = None, max_tokens: int = 256, model: str | None = None, **sampling):
         """vLLM SamplingParams for a request: greedy unless told otherwise, constrained when a task is named."""
         from vllm import SamplingParams
 
@@ -402,14 +405,14 @@ class Engine:
             params = SamplingParams(max_tokens=max_tokens, **{k: v for k, v in sampling.items() if v is not None})
         except (ValueError, TypeError, VLLMValidationError) as exc:
             raise RequestError(f"sampling parameters: {exc}") from None
-        return self.constrain(params, task)
+        return self.constrain(params, task, model)
 
     def served_name(self, model: str | None) -> str:
         """The served name a request's `model` picks (the main model when none is named)."""
         return self._served(model).name
 
-    def parse(self, text: str, task: str | None) -> dict:
-        return parsed_result(text, task, self.label_space)
+    def parse(self, text: str, task: str | None, model: str | None = None) -> dict:
+        return parsed_result(text, task, self._served(model).label_space)
 
     async def stream(
         self,
@@ -428,7 +431,7 @@ class Engine:
         from vllm.lora.request import LoRARequest
 
         served = self._served(model)
-        params = params if params is not None else self.sampling_params(task)
+        params = params if params is not None else self.sampling_params(task, model=model)
         if embeds is None:
             embeds = await self.embed(messages, model, limits)
         if prompt_tokens is not None:
@@ -460,4 +463,5 @@ class Engine:
             tokens += delta.token_ids
             finish = delta.finish_reason or finish
         joined = "".join(text)
-        return Completion(joined, tokens, finish, prompt[0], task, parsed_result(joined, task, self.label_space))
+        model = kwargs.get("model")
+        return Completion(joined, tokens, finish, prompt[0], task, self.parse(joined, task, model))

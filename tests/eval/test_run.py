@@ -183,7 +183,7 @@ def test_a_sample_whose_media_cannot_be_read_is_recorded_and_the_run_goes_on(tmp
             for piece in ("<think>x</think>", "<answer>", "Fear", "</answer>"):
                 yield Delta(piece, [1], None, [-0.25])
 
-        def parse(self, text, task):
+        def parse(self, text, task, model=None):
             return parsed_result(text, task, "abaw_expr")
 
     rows = [{"id": f"s{i}", "prompt": json.dumps([{"role": "user", "content": [
