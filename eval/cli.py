@@ -52,15 +52,12 @@ def _summary(result: dict) -> list[str]:
 
 
 def _merge(args) -> int:
-    from eval.run import PREDICTIONS, RUN_FILE, parse_shard, read_predictions
+    from eval.run import PREDICTIONS, RUN_FILE, load_run, parse_shard, read_predictions
     from mllm.outputs import atomic_write_text, claim_output_dir
 
     settings, shards, merged = None, set(), {}
     for folder in map(Path, args.runs):
-        run_file = folder / RUN_FILE
-        if not run_file.is_file():
-            raise FileNotFoundError(f"{folder}: not an `eval run` folder (no {RUN_FILE})")
-        these = json.loads(run_file.read_text())
+        these = load_run(folder)
         part, total = parse_shard(these["shard"])
         common = {k: v for k, v in these.items() if k != "shard"}
         if settings is None:
@@ -90,7 +87,7 @@ def _merge(args) -> int:
 
 def _submit(args) -> int:
     from eval.report import frames_of
-    from eval.run import PREDICTIONS, RUN_FILE, read_predictions
+    from eval.run import PREDICTIONS, load_run, read_predictions
     from eval.submission import (
         bah_video_answers,
         frames_from_annotations,
@@ -103,10 +100,8 @@ def _submit(args) -> int:
     from train.data import dataset_label_space, load_split
 
     folder = Path(args.run_dir)
-    if not (folder / RUN_FILE).is_file():
-        raise FileNotFoundError(f"{folder}: not an `eval run` folder (no {RUN_FILE})")
+    settings = load_run(folder)
     _check_new_file(Path(args.out), [folder])
-    settings = json.loads((folder / RUN_FILE).read_text())
     task = settings["task"]
     rows = load_split(settings["data"], settings["split"], [task], settings.get("max_samples"), seed=0)
     predictions = read_predictions(folder / PREDICTIONS)
@@ -208,12 +203,9 @@ def run(args) -> int:
 
         return compare(args)
     if args.action == "report":
-        from eval.run import RUN_FILE
+        from eval.run import load_run
 
-        folder = Path(args.run_dir)
-        if not (folder / RUN_FILE).is_file():
-            raise FileNotFoundError(f"{folder}: not an `eval run` folder (no {RUN_FILE})")
-        _report(folder, json.loads((folder / RUN_FILE).read_text()), args.smooth)
+        _report(Path(args.run_dir), load_run(args.run_dir), args.smooth)
         return 0
     from eval import run as run_module
 

@@ -8,7 +8,6 @@ whole videos, since the frames of a video are not independent. Both runs must an
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -42,16 +41,14 @@ def _frame_scores(task: str, truth: np.ndarray, pred: np.ndarray, score: np.ndar
 
 def compare(rows, a: dict, b: dict, task: str, labels: tuple[str, ...], window: int = 1, seed: int = 0) -> dict:
     """{metric: {"a", "b", "delta", "delta_ci"}}."""
-    from eval.frames import map_to_frames
+    from eval.report import frames_of
 
     rng = np.random.default_rng(seed)
     rows = list(rows)
-    column = {"expr": "expression_frames", "au": "au_frames", "va": "va_frames", "ah": "ah_frames"}[task]
-    framed = [r for r in rows if r["frame_indices"] and r[column]]
     point_a, point_b = _metrics(rows, a, task, labels), _metrics(rows, b, task, labels)
     spans = []
-    if framed:
-        fa, fb = (map_to_frames(framed, p, task, labels, window) for p in (a, b))
+    fa, fb = (frames_of(rows, p, task, labels, window) for p in (a, b))
+    if fa is not None:
         point_a.update(_frame_scores(task, fa.truth, fa.pred, fa.score, len(labels)))
         point_b.update(_frame_scores(task, fb.truth, fb.pred, fb.score, len(labels)))
         videos = np.asarray(fa.videos)
@@ -79,15 +76,11 @@ def compare(rows, a: dict, b: dict, task: str, labels: tuple[str, ...], window: 
 
 
 def run(args) -> int:
-    from eval.run import PREDICTIONS, RUN_FILE, read_predictions
+    from eval.run import PREDICTIONS, load_run, read_predictions
     from mllm.labels import label_space
     from train.data import dataset_label_space, load_split
 
-    settings = []
-    for folder in (Path(args.run_a), Path(args.run_b)):
-        if not (folder / RUN_FILE).is_file():
-            raise FileNotFoundError(f"{folder}: not an `eval run` folder (no {RUN_FILE})")
-        settings.append(json.loads((folder / RUN_FILE).read_text()))
+    settings = [load_run(args.run_a), load_run(args.run_b)]
     for key in ("data", "split", "task", "max_samples"):
         if settings[0].get(key) != settings[1].get(key):
             raise ValueError(f"{args.run_b}: answers {key}={settings[1].get(key)!r}, {args.run_a} answers "

@@ -100,6 +100,14 @@ def run_settings(args) -> dict:
     }
 
 
+def load_run(folder) -> dict:
+    """The settings of an `eval run` (or `eval merge`) folder, or a one-line error when it is not one."""
+    path = Path(folder) / RUN_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder}: not an `eval run` folder (no {RUN_FILE})")
+    return json.loads(path.read_text())
+
+
 def check_same_run(out: Path, settings: dict) -> None:
     """A folder holding another run's predictions is refused, naming the first setting that differs."""
     from mllm.outputs import atomic_write_text

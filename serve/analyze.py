@@ -28,6 +28,12 @@ HELP = "Answer for image, video or audio files through the serving engine: the l
 MODEL_ENV = "EMOREASON_MODEL"
 
 
+def _from_file(media: str, exc: Exception) -> str:
+    """The processor's message names the part, then the file: start it at the file, which is what users gave."""
+    text = str(exc)
+    return text[text.find(media) :] if media in text else f"{media}: {text}"
+
+
 def _engine_answers(args, media: list[str]) -> tuple[list[str], str]:
     """Completions through the serving engine; bad media are refused before vLLM starts."""
     from mllm.predict import build_messages, stdout_to_stderr
@@ -43,12 +49,8 @@ def _engine_answers(args, media: list[str]) -> tuple[list[str], str]:
         refused = [(m, e) for m, e in zip(media, embeds, strict=True) if isinstance(e, Exception)]
         if refused:
             for m, e in refused[1:]:
-                text = str(e)
-                print(f"emoreason analyze: error: {text[text.find(m) :] if m in text else f'{m}: {text}'}",
-                      file=sys.stderr)  # fmt: skip
-            m, e = refused[0]
-            text = str(e)  # the processor's message names the part, then the file: the file is what users gave
-            raise ValueError(text[text.find(m) :] if m in text else f"{m}: {text}")
+                print(f"emoreason analyze: error: {_from_file(m, e)}", file=sys.stderr)
+            raise ValueError(_from_file(*refused[0]))
 
         async def answer_all() -> list[str]:
             await engine.start()
