@@ -147,7 +147,7 @@ class _Claim:
             self.created.append(missing)
             missing = missing.parent
         self.was_empty = out.is_dir() and not any(out.iterdir())
-        self.out = claim_output_dir(out_arg, protect=protect)
+        self.out = claim_output_dir(out_arg, protect=protect, kind="dataset")
 
     def __enter__(self):
         return self

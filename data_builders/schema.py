@@ -125,7 +125,7 @@ def write_dataset(samples: list[Sample], out: str | Path, files: dict[str, str] 
 
     from mllm.outputs import MARKER, atomic_dir, claim_output_dir
 
-    out = claim_output_dir(out, protect=protect)
+    out = claim_output_dir(out, protect=protect, kind="dataset")
     clean_litter_beside(out)
     splits: dict[str, list[dict]] = {}
     for sample in sorted(samples, key=lambda s: (s.split, s.id)):

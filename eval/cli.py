@@ -76,7 +76,7 @@ def _merge(args) -> int:
     if missing:
         print(f"warning: shards {missing} of {expected} are missing; their samples count as unanswered",
               file=sys.stderr)  # fmt: skip
-    out = claim_output_dir(args.out, protect=args.runs, what="--out")
+    out = claim_output_dir(args.out, protect=args.runs, what="--out", kind="eval-run")
     settings = {**settings, "shard": "1/1"}
     atomic_write_text(out / RUN_FILE, json.dumps(settings, indent=1) + "\n")
     text = "".join(json.dumps(merged[k], ensure_ascii=False) + "\n" for k in sorted(merged))

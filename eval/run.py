@@ -231,7 +231,7 @@ def run(args) -> int:
     part, total = parse_shard(args.shard)
     rows = rows.select(range(part - 1, len(rows), total))
     out = claim_output_dir(args.out, protect=[args.data, args.model, *([args.adapter] if args.adapter else [])],
-                           what="--out")  # fmt: skip
+                           what="--out", kind="eval-run")  # fmt: skip
     check_same_run(out, settings)
     done = read_predictions(out / PREDICTIONS, repair=True)
     todo = rows.filter(lambda sample: sample not in done, input_columns="id") if done else rows

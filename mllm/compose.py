@@ -46,7 +46,7 @@ def compose(
     # Local folders are checked here (one line if missing); hub ids stay ids for transformers to fetch.
     base = resolve_checkpoint(base, what="base model", download=False)
     audio = resolve_checkpoint(audio, what="audio encoder", download=False)
-    out = claim_output_dir(out, protect=[p for p in (base, audio) if isinstance(p, Path)])
+    out = claim_output_dir(out, protect=[p for p in (base, audio) if isinstance(p, Path)], kind="compose")
 
     import torch
 

@@ -270,7 +270,7 @@ def export_for_serving(model_dir: str | Path, out: str | Path, adapter_dir: str 
     model_dir = resolve_checkpoint(model_dir)
     check_checkpoint(model_dir, processor=True)
     adapter_dir = check_adapter(adapter_dir) if adapter_dir is not None else None
-    out = claim_output_dir(out, protect=[p for p in (model_dir, adapter_dir) if p is not None])
+    out = claim_output_dir(out, protect=[p for p in (model_dir, adapter_dir) if p is not None], kind="export")
     loaded = {}
 
     def load():

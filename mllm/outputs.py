@@ -5,10 +5,16 @@
     with atomic_dir(out / "dataset") as tmp:                      # a whole folder, renamed into place
         dataset.save_to_disk(tmp)
 
+    path = claim_output_file("runs/sub.csv", protect=[sample])   # a single file the user names
+    write_output_file(path, text)                                 # atomic, and recorded as ours
+
 Rules (README, "Bad input and limits"):
-- A command writes only into a folder that is new, empty, or marked by `MARKER` as written by this tool before.
-  A folder of anything else, an existing file, or a folder that is (or contains) one of the command's inputs is
-  refused with `OutputRefusedError` naming it.
+- A command writes only into a folder that is new, empty, or marked by `MARKER` as written by this tool before,
+  for the same kind of output (a training run never goes into a dataset folder). A folder of anything else, an
+  existing file, or a folder that is (or contains) one of the command's inputs is refused with
+  `OutputRefusedError` naming it. Paths are compared with links followed.
+- A single output file (`claim_output_file`) may be new, or a file this tool wrote there and nobody changed since
+  (its digest is in `LEDGER` beside it); never one of the inputs, nor a file inside an input folder.
 - Every file and folder is written under a temporary name beside its final name (`.NAME.emoreason-tmp-PID-...`)
   and renamed into place, so a killed run leaves the previous output intact.
 - Leftover temporaries of killed runs (their PID no longer alive) are removed by the next run that claims the
@@ -26,6 +32,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 MARKER = ".emoreason-output"
+LEDGER = ".emoreason-files.json"  # beside single output files: name -> sha256 of what this tool wrote
 TMP_TAG = ".emoreason-tmp-"
 _TMP_PATTERN = re.compile(r"^\..+\.emoreason-tmp-(\d+)-")
 
@@ -35,7 +42,8 @@ class OutputRefusedError(ValueError):
 
 
 def _resolved(path: str | os.PathLike) -> Path:
-    return Path(os.path.abspath(os.path.expanduser(path)))
+    """The path with links followed (`out -> dataset/` is the dataset folder), so inputs are recognised."""
+    return Path(os.path.expanduser(path)).resolve()
 
 
 def _is_within(child: Path, parent: Path) -> bool:
@@ -83,13 +91,26 @@ def _check_writable(folder: Path, what: str) -> None:
         raise OutputRefusedError(f"{folder}: {what} is not writable")
 
 
-def claim_output_dir(path: str | os.PathLike, protect: Iterable[str | os.PathLike] = (), what: str = "--out") -> Path:
+def marker_kind(folder: Path) -> str | None:
+    """The kind of output an emoreason folder holds ("dataset", "train-run", ...); None for markers written before
+    kinds were recorded."""
+    try:
+        text = (folder / MARKER).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return next((line[5:].strip() for line in text.splitlines() if line.startswith("kind:")), None)
+
+
+def claim_output_dir(
+    path: str | os.PathLike, protect: Iterable[str | os.PathLike] = (), what: str = "--out", kind: str | None = None
+) -> Path:
     """Make `path` this tool's output folder, or refuse (`OutputRefusedError`) before any work starts.
 
     Accepted: a path that does not exist (created with its parents), an empty folder, or a folder holding
-    `MARKER` (output this tool wrote before). Refused: an existing file, a folder of other files, and any folder
-    that is one of `protect` (the command's inputs), inside one, or contains one. Leftovers of killed runs in the
-    folder are removed. The marker is written before returning."""
+    `MARKER` (output this tool wrote before) of the same `kind`. Refused: an existing file, a folder of other files,
+    a folder of another kind of our output, and any folder that is one of `protect` (the command's inputs), inside
+    one, or contains one, links followed. Leftovers of killed runs in the folder are removed. The marker (with the
+    kind) is written before returning."""
     out = _resolved(path)
     for item in protect:
         guarded = _resolved(item)
@@ -107,6 +128,11 @@ def claim_output_dir(path: str | os.PathLike, protect: Iterable[str | os.PathLik
             raise OutputRefusedError(
                 f"{path}: {what} is a folder of other files (not written by emoreason); choose a new or empty folder"
             )
+        found = marker_kind(out) if entries else None
+        if kind is not None and found is not None and found != kind:
+            raise OutputRefusedError(
+                f"{path}: {what} holds another kind of emoreason output ({found}, not {kind}); choose a new folder"
+            )
     else:
         parent = out.parent
         while not parent.exists():
@@ -117,8 +143,87 @@ def claim_output_dir(path: str | os.PathLike, protect: Iterable[str | os.PathLik
         out.mkdir(parents=True, exist_ok=True)
     marker = out / MARKER
     if not marker.exists():
-        atomic_write_text(marker, "This folder holds output written by emoreason.\n")
+        atomic_write_text(
+            marker, "This folder holds output written by emoreason.\n" + (f"kind: {kind}\n" if kind else "")
+        )
     return out
+
+
+def _ledger(folder: Path) -> dict:
+    import json
+
+    try:
+        data = json.loads((folder / LEDGER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _digest(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def claim_output_file(path: str | os.PathLike, protect: Iterable[str | os.PathLike] = (), what: str = "--out") -> Path:
+    """A single output file the user named, or refuse (`OutputRefusedError`) before any work starts.
+
+    Accepted: a path that does not exist (its folder is created), or a regular file this tool wrote there and
+    nobody changed since (`LEDGER`). Refused: a folder, a FIFO or device, any other existing file, one of
+    `protect` (the command's inputs) or a file inside an input folder, links followed. Write it with
+    `write_output_file`."""
+    out = _resolved(path)
+    for item in protect:
+        guarded = _resolved(item)
+        if out == guarded:
+            raise OutputRefusedError(f"{path}: {what} is the input {item}; choose another file")
+        if guarded.is_dir() and _is_within(out, guarded):
+            raise OutputRefusedError(f"{path}: {what} is inside the input folder {item}; choose another folder")
+    if out.exists() or out.is_symlink():
+        import stat
+
+        mode = out.stat().st_mode
+        if stat.S_ISDIR(mode):
+            raise OutputRefusedError(f"{path}: {what} is a folder; name a file")
+        if not stat.S_ISREG(mode):
+            raise OutputRefusedError(f"{path}: {what} exists and is not a regular file")
+        if _ledger(out.parent).get(out.name) != _digest(out):
+            raise OutputRefusedError(
+                f"{path}: {what} exists and was not written by emoreason (or was changed since); choose a new name"
+            )
+        _check_writable(out.parent, f"{what}'s folder {out.parent}")
+        return out
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputRefusedError(f"{path}: {what} cannot be created under {parent}, which is not a folder")
+    _check_writable(parent, f"{what}'s folder {parent}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+@contextlib.contextmanager
+def output_file(final: str | os.PathLike) -> Iterator[Path]:
+    """`atomic_path` for a file claimed with `claim_output_file`: once renamed into place, its digest is recorded
+    in the folder's `LEDGER`, so a later run may replace it (and only it, while unchanged)."""
+    import json
+
+    final = Path(final)
+    with atomic_path(final) as tmp:
+        yield tmp
+        digest = _digest(tmp)
+    ledger = {**_ledger(final.parent), final.name: digest}
+    atomic_write_text(final.parent / LEDGER, json.dumps(ledger, indent=1, sort_keys=True) + "\n")
+
+
+def write_output_file(final: str | os.PathLike, data: str | bytes) -> None:
+    with output_file(final) as tmp:
+        Path(tmp).write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
 
 
 def _umask() -> int:

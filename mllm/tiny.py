@@ -266,7 +266,7 @@ def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", base: str = "i
         raise ValueError(f"no tiny checkpoint for base {base!r}; available: {sorted(TINY_BASES)}")
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r}; valid: {sorted(SIZES)}")
-    out = claim_output_dir(out)  # before the slow imports: a refused folder fails at once
+    out = claim_output_dir(out, kind="make-tiny")  # before the slow imports: a refused folder fails at once
 
     from mllm.model import EmoReasonForConditionalGeneration
     from mllm.processor import EmoReasonProcessor

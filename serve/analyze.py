@@ -148,7 +148,7 @@ def run(args) -> int:
     if args.overlay:  # claimed before any work: a folder of other files is refused at once
         from mllm.outputs import claim_output_dir
 
-        overlay = claim_output_dir(args.overlay, protect=[args.model, *args.media], what="--overlay")
+        overlay = claim_output_dir(args.overlay, protect=[args.model, *args.media], what="--overlay", kind="overlay")
     results = analyze(args)
     for result in results:
         print(json.dumps(result, default=list) if args.json else _text(result), flush=True)

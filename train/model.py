@@ -34,7 +34,7 @@ def claim_run_dir(recipe, protect) -> str | None:
     from mllm.outputs import claim_output_dir, clean_litter
 
     if int(os.environ.get("RANK") or 0) == 0:
-        out = claim_output_dir(recipe.output_dir, protect=protect, what="--output_dir")
+        out = claim_output_dir(recipe.output_dir, protect=protect, what="--output_dir", kind="train-run")
         clean_litter(out)
     else:
         # Under `accelerate launch`/torchrun only the main process claims and tidies the folder: two processes

@@ -76,7 +76,7 @@ def run(args) -> int:
     # Read what the media declares (cheap, and it fails on a broken file) before claiming --out and working.
     rgb = load_image(args.media) if kind == "image" else None
     info = probe_video(args.media) if kind == "video" else None
-    out = claim_output_dir(args.out, protect=[args.media])
+    out = claim_output_dir(args.out, protect=[args.media], kind="faces")
     cache = not args.no_cache
     if kind == "image":
         result, picture, summary = _image(
