@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import math
 import os
+from dataclasses import dataclass
 from numbers import Integral, Real
+from pathlib import Path
 from typing import NoReturn
 from urllib.parse import unquote, urlparse
 
@@ -46,6 +48,38 @@ class ProcessorInputError(ValueError):
 
 def refuse(reason: str) -> NoReturn:
     raise ProcessorInputError(reason)
+
+
+class ProcessingStopped(Exception):
+    """The caller stopped a conversation's processing (its request timed out, or its client left)."""
+
+
+@dataclass(frozen=True)
+class MediaAccess:
+    """What the media of one conversation may name and cost, for callers that process other people's requests.
+
+    `local_dirs`: the folders whose files a conversation may name by path (`file://` URLs, plain paths, a video
+    part's `frames` list: every key that names a file); None lets it name any file (the user's own commands).
+    `max_parts`: media parts per conversation; `max_images`: images and video frames in all of them together.
+    """
+
+    local_dirs: tuple[Path, ...] | None = None
+    max_parts: int | None = None
+    max_images: int | None = None
+
+    def local(self, path: str) -> str:
+        """`path` as it may be read, or refused. The refusal is the same whether or not the file exists, so it
+        tells a client nothing about the server's files."""
+        if self.local_dirs is None:
+            return path
+        resolved = Path(path).resolve()
+        if not any(resolved.is_relative_to(Path(d).resolve()) for d in self.local_dirs):
+            refuse("server-local files are not allowed here (send the media as data: send the file's bytes as a "
+                   "base64 data: URL)")  # fmt: skip
+        return str(resolved)
+
+
+UNRESTRICTED = MediaAccess()
 
 
 def url_source(url: str) -> bytes | str:

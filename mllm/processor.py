@@ -53,6 +53,9 @@ from mllm.parts import (
     PART_KEYS,
     PART_MEDIA,
     ROLES,
+    UNRESTRICTED,
+    MediaAccess,
+    ProcessingStopped,
     ProcessorInputError,
     as_conversations,
     checked_text,
@@ -105,12 +108,17 @@ class _Media:
     landmarks: list[np.ndarray] = field(default_factory=list)
     has_face: list[bool] = field(default_factory=list)
     audio: list[np.ndarray] = field(default_factory=list)
+    parts: int = 0  # media parts rendered so far
 
 
 @dataclass(frozen=True)
 class _Limits:
+    """One call's bounds: frames and seconds per part, what its media may name and cost, and whether to stop."""
+
     frames: int
     seconds: float
+    access: MediaAccess = UNRESTRICTED
+    should_stop: object = None  # a callable -> bool, checked before each part and frame
 
 
 class EmoReasonProcessor:
@@ -128,7 +136,7 @@ class EmoReasonProcessor:
         audio_tokens_per_second: float = 2.0,
         max_audio_tokens: int = 32,
         vision_input: str = "face_crop",
-        face_cache: bool = True,
+        face_cache=True,  # True (the default cache), False (none) or a FaceCache (e.g. a server's bounded one)
         min_audio_samples: int = DEFAULT_MIN_AUDIO_SAMPLES,
         face_detector: str = "auto",
     ):
@@ -294,7 +302,7 @@ class EmoReasonProcessor:
         return self._audio_tokens(samples)
 
     def _audio(self, part: dict, media: _Media, limits: _Limits) -> str:
-        source = part_source(part, "audio")
+        source = self._source(part, "audio", limits)
         start_s, end_s = seconds_field(part, "start_s"), seconds_field(part, "end_s")
         if isinstance(source, np.ndarray):
             samples = audio_from_array(source)
@@ -315,7 +323,7 @@ class EmoReasonProcessor:
             if start_s is not None or end_s is not None:
                 refuse("a frames list is placed in time by its frame_indices, not start_s/end_s")
             return self._crop_frames(part, frames, media, limits)
-        source = part_source(part, "video")
+        source = self._source(part, "video", limits)
         if "frame_indices" in part:
             if start_s is not None or end_s is not None:
                 refuse("give frame_indices or a start_s/end_s window, not both")
@@ -361,7 +369,7 @@ class EmoReasonProcessor:
         settings = self._tracker_settings()
         if not self.face_cache:
             return video_face_track(source, settings=settings, video=clip, cache=False)
-        store = FaceCache()
+        store = self.face_cache if isinstance(self.face_cache, FaceCache) else FaceCache()
         sampling = {"at_s": [round(float(t), 6) for t in times], "window_s": [round(w, 6) for w in clip.window_s]}
         key = store.key(content_hash(source), kind="video", sampling=sampling, settings=settings.to_dict())
         arrays = store.get(key)
@@ -399,6 +407,7 @@ class EmoReasonProcessor:
             refuse("frames must be a non-empty list of image paths")
         if not all(isinstance(f, str | os.PathLike) and os.fspath(f) for f in frames):
             refuse("frames must be image paths (strings)")
+        frames = [limits.access.local(os.fspath(f)) for f in frames]  # every name checked before any is read
         video = part.get("video", part.get("video_url", ""))
         has_video = video not in ("", None)
         numbers = None
@@ -409,14 +418,15 @@ class EmoReasonProcessor:
         fps, info, source = None, None, None
         positions = list(range(len(frames)))
         if has_video:
-            source = part_source(part, "video")
+            source = self._source(part, "video", limits)
             info = probe_video(source)
             times = frame_times(source, numbers, info)
             fps = info.average_fps
             positions = [i for i in positions if times[i] < times[0] + limits.seconds]
         lines = []
         for k, i in enumerate(positions[j] for j in spread_positions(len(positions), limits.frames)):
-            path = os.fspath(frames[i])
+            path = frames[i]
+            self._check_stop(limits)
             rgb = load_image(path)
             points = crop_landmarks(path, image=rgb, cache=self.face_cache)
             tokens = self._add_frame(media, rgb, points)
@@ -428,6 +438,37 @@ class EmoReasonProcessor:
             audio = load_audio(source, start_s=(first - 1) / fps, end_s=last / fps)
             text += "\nAudio: " + self._add_audio(media, audio.samples, audio.source, limits.seconds)
         return text
+
+    # ------------------------------------------------------------------------------------------------------------
+    # What a request may name and cost
+
+    @staticmethod
+    def _source(part: dict, kind: str, limits: _Limits):
+        """The media a part names; a path only where the call's `MediaAccess` lets it name local files."""
+        source = part_source(part, kind)
+        return limits.access.local(source) if isinstance(source, str) else source
+
+    @staticmethod
+    def _check_stop(limits: _Limits) -> None:
+        if limits.should_stop is not None and limits.should_stop():
+            raise ProcessingStopped("stopped by the caller")
+
+    def _budget(self, media: _Media, limits: _Limits, what: str) -> _Limits:
+        """Count a media part against the call's `MediaAccess` bounds, before it is read: the part itself, and the
+        images it may add (a video's frames are cut to what the conversation has left)."""
+        from dataclasses import replace
+
+        self._check_stop(limits)
+        access = limits.access
+        media.parts += 1
+        if access.max_parts is not None and media.parts > access.max_parts:
+            refuse(f"a conversation may hold at most {access.max_parts} media parts")
+        if access.max_images is None or what == "audio":
+            return limits
+        left = access.max_images - len(media.pixel_values)
+        if left < 1:
+            refuse(f"a conversation's media may hold at most {access.max_images} images and video frames in all")
+        return replace(limits, frames=min(limits.frames, left))
 
     # ------------------------------------------------------------------------------------------------------------
     # Conversations -> text with placeholders
@@ -447,8 +488,9 @@ class EmoReasonProcessor:
             return checked_text(text)
         if role != "user":
             refuse(f"media parts belong in user messages, not {role} messages")
+        limits = self._budget(media, limits, what)
         if what == "image":
-            return self._image(part_source(part, "image"), media)
+            return self._image(self._source(part, "image", limits), media)
         if what == "video":
             return self._video(part, media, limits)
         return self._audio(part, media, limits)
@@ -486,7 +528,7 @@ class EmoReasonProcessor:
                 raise ProcessorInputError(f"{at}: {exc}") from exc
         return {"role": role, "content": "\n".join(p for p in pieces if p)}
 
-    def _request_limits(self, limits) -> _Limits:
+    def _request_limits(self, limits, access: MediaAccess = UNRESTRICTED, should_stop=None) -> _Limits:
         limits = {} if limits is None else limits
         if not isinstance(limits, dict):
             refuse(f"limits take positive 'frames' and 'seconds', got {limits!r}")
@@ -496,7 +538,12 @@ class EmoReasonProcessor:
         bad_seconds = not is_number(seconds) or not seconds > 0
         if unknown or bad_frames or bad_seconds or not math.isfinite(seconds):
             refuse(f"limits take positive 'frames' (an integer) and 'seconds', got {limits}")
-        return _Limits(frames=min(int(frames), self.max_frames), seconds=min(float(seconds), self.max_audio_seconds))
+        return _Limits(
+            frames=min(int(frames), self.max_frames),
+            seconds=min(float(seconds), self.max_audio_seconds),
+            access=access,
+            should_stop=should_stop,
+        )
 
     # ------------------------------------------------------------------------------------------------------------
     # Conversations -> batch
@@ -513,11 +560,15 @@ class EmoReasonProcessor:
         return_labels: bool = False,
         limits: dict | None = None,
         padding_side: str = "left",
+        access: MediaAccess = UNRESTRICTED,
+        should_stop=None,
     ) -> dict:
         """Tokenise a batch of conversations. `return_labels`: labels are the assistant turns' tokens (the rest
-        -100) and no generation prompt is added. `limits`: {"frames": N, "seconds": S} for this request."""
+        -100) and no generation prompt is added. `limits`: {"frames": N, "seconds": S} for this request.
+        `access`: what each conversation's media may name and cost (`MediaAccess`; servers restrict it).
+        `should_stop`: a callable checked before each media part and frame; when true, `ProcessingStopped`."""
         conversations = as_conversations(conversations)
-        request = self._request_limits(limits)
+        request = self._request_limits(limits, access, should_stop)
         if padding_side not in ("left", "right"):
             refuse(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         ids, labels, all_media = [], [], _Media()

@@ -10,10 +10,14 @@ answer is then constrained to that task's grammar. Every response carries the pa
 `emoreason` (on the last chunk when streaming). Requests are parsed by vLLM's pydantic `ChatCompletionRequest`
 (its sampling fields pass through to vLLM unchanged) and answered with the `openai` package's types.
 
-Refusals are 4xx with OpenAI's error body and never stop the server: a body over `--max-body-mb`, a wrong or
-missing API key (compared in constant time), media outside `--allow-media-dir`, remote URLs unless
-`--allow-remote-media`, corrupt or over-long media (the processor's limits), an unknown model or task, and a full
-queue (503). Media are decoded from the request in memory and not kept after it.
+Refusals are 4xx with OpenAI's error body and never stop the server: a body over `--max-body-mb` (read to the end,
+up to a bound, so the client sees the 413), a wrong or missing API key (compared in constant time), a file of the
+server's named under any key (a content part, a video's `frames` list) outside `--allow-media-dir`, remote URLs
+unless `--allow-remote-media`, more media than `--max-media-parts` / `--max-images` per request, corrupt or
+over-long media (the processor's limits), a request field this server does not honour (named), an unknown model or
+task, and a full queue (503). A failure after a stream started ends it with an error event. A request that times
+out or whose client leaves stops its work. Media are decoded from the request in memory and not kept after it;
+the face cache is off unless `--face-cache DIR` turns it on.
 """
 
 import asyncio
@@ -21,14 +25,20 @@ import base64
 import contextlib
 import hmac
 import json
+import logging
 import os
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import unquote, urlparse
 
 from serve.engine import Engine, RequestError
+
+logger = logging.getLogger("emoreason.serve")
+
+
+class ClientGone(Exception):
+    """The client closed the connection before its answer was ready."""
 
 
 @dataclass
@@ -44,10 +54,33 @@ class Policy:
     max_tokens: int = 512
     default_max_tokens: int = 256
     remote_timeout_s: float = 20.0
+    max_media_parts: int = 8
+    max_images: int = 32
     media_dirs: tuple[Path, ...] = field(init=False, default=())
 
     def __post_init__(self):
         self.media_dirs = tuple(Path(d).resolve() for d in self.allow_media_dirs)
+
+    def access(self):
+        """What one request's media may name and cost (the processor applies it to every key that names a file)."""
+        from mllm.parts import MediaAccess
+
+        return MediaAccess(local_dirs=self.media_dirs, max_parts=self.max_media_parts, max_images=self.max_images)
+
+    @property
+    def drain_bytes(self) -> int:
+        """How much of an over-limit body is read (and dropped) so that the client reads the 413: time, not memory."""
+        return max(4 * self.max_body_bytes, 64 * 1024 * 1024)
+
+
+# The request fields this server honours; any other field a client sends is refused by name, never ignored.
+HONOURED_FIELDS = frozenset({
+    "messages", "model", "max_tokens", "max_completion_tokens", "n", "stream", "stream_options", "temperature",
+    "top_p", "top_k", "min_p", "frequency_penalty", "presence_penalty", "repetition_penalty", "seed", "stop",
+    "stop_token_ids", "min_tokens", "logprobs", "top_logprobs", "logit_bias", "user", "tool_choice", "tools",
+    "response_format", "parallel_tool_calls", "task", "media_limits",
+})  # fmt: skip
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound
 
 
 def error_body(message: str, code: str | None = None, param: str | None = None, kind: str = "invalid_request_error"):
@@ -64,10 +97,9 @@ class HTTPRefusal(Exception):
 
 
 def _checked_url(url: str, where: str, policy: Policy, fetched: dict) -> str:
-    """A media URL as the processor may read it: data: URLs as they are; local paths and file:// only under an
-    allowed folder; http(s) only when remote media are allowed (fetched before, in `fetched`)."""
-    if url.startswith("data:"):
-        return url
+    """A media URL as the processor may read it: http(s) only when remote media are allowed (fetched before, in
+    `fetched`); other schemes refused. Local paths and file:// URLs pass on to the processor, which allows them
+    only under `--allow-media-dir` whatever key they sit under (`mllm.parts.MediaAccess`)."""
     if url.startswith(("http://", "https://")):
         if not policy.allow_remote_media:
             raise HTTPRefusal(403, f"{where}: remote media URLs are not allowed on this server "
@@ -75,12 +107,7 @@ def _checked_url(url: str, where: str, policy: Policy, fetched: dict) -> str:
         return fetched[url]
     if "://" in url and not url.startswith("file://"):
         raise HTTPRefusal(400, f"{where}: unsupported URL scheme in {url[:40]!r}", "invalid_media_url")
-    path = unquote(urlparse(url).path) if url.startswith("file://") else url
-    resolved = Path(path).resolve()
-    if not any(resolved.is_relative_to(d) for d in policy.media_dirs):
-        raise HTTPRefusal(403, f"{where}: server-local media are not allowed here (send the media as a data: URL"
-                          ", or start the server with --allow-media-dir)", "media_not_allowed")  # fmt: skip
-    return str(resolved)
+    return url
 
 
 def _media_urls(messages: list) -> list[tuple[dict, str, str, str]]:
@@ -158,9 +185,10 @@ class Metrics:
 class _Tally:
     """A completion as its deltas arrive: text, token count, finish reason; the first delta times the first token."""
 
-    def __init__(self, started: float, metrics: Metrics, prompt_tokens: int):
+    def __init__(self, started: float, metrics: Metrics, prompt_tokens: int, want_logprobs: bool = False):
         self.started, self.metrics, self.prompt_tokens = started, metrics, prompt_tokens
-        self.pieces, self.count, self.finish = [], 0, None
+        self.pieces, self.count, self.finish, self.deltas = [], 0, None, []
+        self.want_logprobs = want_logprobs
 
     def add(self, delta) -> None:
         if not self.pieces:
@@ -168,6 +196,17 @@ class _Tally:
         self.pieces.append(delta.text)
         self.count += len(delta.token_ids)
         self.finish = delta.finish_reason or self.finish
+        if self.want_logprobs:
+            self.deltas.append(delta)
+
+    @staticmethod
+    def logprobs_of(deltas) -> dict | None:
+        """OpenAI's `logprobs` object (`content`: each token with its log-probability and top alternatives)."""
+        entries = [e for d in deltas for e in (d.token_logprobs or ())]
+        return {"content": entries} if entries else None
+
+    def choice_logprobs(self) -> dict | None:
+        return self.logprobs_of(self.deltas) if self.want_logprobs else None
 
     @property
     def text(self) -> str:
@@ -189,7 +228,7 @@ def _finish(reason: str | None) -> str:
 def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool = True):
     """The FastAPI app. With `start_engine`, the app's lifespan starts the engine and shuts it down."""
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from openai.types import Model
     from openai.types.chat import ChatCompletion, ChatCompletionChunk
     from pydantic import ValidationError
@@ -221,6 +260,13 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
     async def _refusal(request, exc: HTTPRefusal):
         return refuse(exc.status, str(exc), exc.code, exc.param)
 
+    @app.exception_handler(Exception)
+    async def _failure(request, exc: Exception):  # never a plain-text 500: OpenAI's error body, the cause logged
+        logger.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+        status = 400 if isinstance(exc, RecursionError) else 500
+        message = "the request is nested too deeply" if status == 400 else f"internal error ({type(exc).__name__})"
+        return refuse(status, message, "internal_error" if status == 500 else "invalid_request")
+
     @app.exception_handler(404)
     async def _not_found(request, exc):
         return refuse(404, f"no route {request.method} {request.url.path}", "not_found")
@@ -240,18 +286,26 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
 
     async def read_body(request: Request) -> dict:
         declared = request.headers.get("content-length")
+        too_large = None
         if declared is not None and declared.isdigit() and int(declared) > policy.max_body_bytes:
-            raise HTTPRefusal(413, f"the body is {int(declared)} bytes; this server takes at most "
-                              f"{policy.max_body_bytes}", "body_too_large")  # fmt: skip
-        body = bytearray()
+            too_large = f"the body is {int(declared)} bytes; this server takes at most {policy.max_body_bytes}"
+        body, seen = bytearray(), 0
         async for chunk in request.stream():
-            body += chunk
-            if len(body) > policy.max_body_bytes:
-                raise HTTPRefusal(413, f"the body is over {policy.max_body_bytes} bytes", "body_too_large")
+            seen += len(chunk)
+            if too_large is None and seen > policy.max_body_bytes:
+                too_large = f"the body is over {policy.max_body_bytes} bytes"
+            if too_large is None:
+                body += chunk
+            elif seen > policy.drain_bytes:  # read (and dropped) up to a bound, so the client reads the 413
+                break
+        if too_large is not None:
+            raise HTTPRefusal(413, too_large, "body_too_large")
         try:
             data = json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise HTTPRefusal(400, f"the body is not valid JSON: {exc}", "invalid_json") from None
+        except RecursionError:
+            raise HTTPRefusal(400, "the body is not valid JSON: nested too deeply", "invalid_json") from None
         if not isinstance(data, dict):
             raise HTTPRefusal(400, "the body must be a JSON object", "invalid_json")
         return data
@@ -276,21 +330,78 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
                 for n in engine.model_names()]  # fmt: skip
         return {"object": "list", "data": data}
 
-    @app.post("/v1/chat/completions")
-    async def chat(request: Request):
-        started = time.perf_counter()
-        check_key(request)
-        body = await read_body(request)
-        task = body.pop("task", None)
-        limits = body.pop("media_limits", None)
+    def checked_request(body: dict):
+        """vLLM's pydantic request from the body, every field either honoured or refused by name."""
+        unknown = sorted(set(body) - HONOURED_FIELDS)
+        if unknown:
+            raise HTTPRefusal(400, f"{unknown[0]}: this server does not support this field", "unsupported",
+                              unknown[0])  # fmt: skip
+        if body.get("tools"):
+            raise HTTPRefusal(400, "tools: this server does not call tools", "unsupported", "tools")
+        if body.get("tool_choice") not in (None, "none", "auto"):
+            raise HTTPRefusal(400, "tool_choice: this server does not call tools", "unsupported", "tool_choice")
+        fmt = body.get("response_format")
+        if fmt is not None and (not isinstance(fmt, dict) or fmt.get("type") != "text"):
+            raise HTTPRefusal(400, "response_format: only {'type': 'text'}; name a task to constrain the answer",
+                              "unsupported", "response_format")  # fmt: skip
         try:
             req = ChatCompletionRequest.model_validate(body)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(x) for x in first.get("loc", ()))
             raise HTTPRefusal(400, f"{where}: {first.get('msg')}"[:500], "invalid_request", where or None) from None
+        except RecursionError:
+            raise HTTPRefusal(400, "the body is nested too deeply", "invalid_request") from None
         if (req.n or 1) != 1:
             raise HTTPRefusal(400, "n > 1 is not supported: send several requests", "unsupported", "n")
+        for name in ("max_tokens", "max_completion_tokens"):
+            value = getattr(req, name)
+            if value is not None and value < 1:
+                raise HTTPRefusal(400, f"{name} must be at least 1, got {value}", "invalid_request", name)
+        top = req.top_logprobs or 0
+        if not 0 <= top <= MAX_TOP_LOGPROBS:
+            raise HTTPRefusal(400, f"top_logprobs must be 0-{MAX_TOP_LOGPROBS}, got {top}", "invalid_request",
+                              "top_logprobs")  # fmt: skip
+        if top and not req.logprobs:
+            raise HTTPRefusal(400, "top_logprobs needs logprobs: true", "invalid_request", "top_logprobs")
+        vocab = engine.vocab_size
+        for token, bias in (req.logit_bias or {}).items():
+            if not str(token).isdigit() or int(token) >= vocab:
+                raise HTTPRefusal(400, f"logit_bias: {token!r} is not a token id of this model (0-{vocab - 1})",
+                                  "invalid_request", "logit_bias")  # fmt: skip
+            if not -100 <= bias <= 100:
+                raise HTTPRefusal(400, f"logit_bias: {bias} for token {token} is outside -100..100",
+                                  "invalid_request", "logit_bias")  # fmt: skip
+        return req
+
+    async def while_connected(request: Request, work):
+        """`work` (awaitable), cancelled if the client goes away first: its work stops with it."""
+        task = asyncio.ensure_future(work)
+
+        async def watch():
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.25)
+
+        watcher = asyncio.ensure_future(watch())
+        try:
+            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+            raise ClientGone
+        return task.result()
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        started = time.perf_counter()
+        check_key(request)
+        body = await read_body(request)
+        req = checked_request(body)
+        task = body.pop("task", None)
+        limits = body.pop("media_limits", None)
         max_tokens = req.max_completion_tokens or req.max_tokens or policy.default_max_tokens
         if max_tokens > policy.max_tokens:
             raise HTTPRefusal(400, f"max_tokens {max_tokens} is over this server's {policy.max_tokens}",
@@ -318,35 +429,70 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
                 metrics.requests.labels(status=status).inc()
                 metrics.latency.observe(time.perf_counter() - started)
 
+        rid = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        deadline = asyncio.get_running_loop().time() + policy.request_timeout_s
+
+        async def begin():
+            """Embeddings, then the first delta: vLLM checks a request when it is added, so a refusal is a 4xx
+            before any byte of the answer is sent."""
+            embeds = await engine.embed(messages, model_name, limits, access=policy.access())
+            generation = engine.stream(messages, model=model_name, task=task, params=params, embeds=embeds,
+                                       request_id=rid)  # fmt: skip
+            try:
+                first = await anext(generation, None)
+            except BaseException:
+                await generation.aclose()
+                raise
+            return embeds, generation, first
+
         try:
-            async with asyncio.timeout(policy.request_timeout_s):
-                embeds = await engine.embed(messages, model_name, limits)
+            async with asyncio.timeout_at(deadline):
+                embeds, generation, first = await while_connected(request, begin())
         except RequestError as exc:
             release(str(exc.status))
             return JSONResponse(error_body(str(exc), exc.code, exc.param), status_code=exc.status)
+        except (ValueError, TypeError, VLLMValidationError) as exc:
+            release("400")
+            return JSONResponse(error_body(f"{exc}"[:500], "invalid_request"), status_code=400)
         except TimeoutError:
             release("408")
             return JSONResponse(error_body("the request timed out while encoding its media", "timeout"), 408)
+        except ClientGone:
+            release("499")
+            return Response(status_code=499)
         except BaseException:
             release("500")
             raise
-        rid = f"chatcmpl-{uuid.uuid4().hex}"
-        created = int(time.time())
-        generation = engine.stream(messages, model=model_name, task=task, params=params, embeds=embeds,
-                                   request_id=rid)  # fmt: skip
 
-        tally = _Tally(started, metrics, int(embeds.shape[0]))
+        tally = _Tally(started, metrics, int(embeds.shape[0]), want_logprobs=bool(req.logprobs))
+
+        async def deltas():
+            if first is not None:
+                yield first
+            async for delta in generation:
+                yield delta
+
         if not req.stream:
+
+            async def collect():
+                async for delta in deltas():
+                    tally.add(delta)
+
             try:
-                async with asyncio.timeout(policy.request_timeout_s):
-                    async for delta in generation:
-                        tally.add(delta)
+                async with asyncio.timeout_at(deadline):
+                    await while_connected(request, collect())
             except TimeoutError:
                 release("408")
                 return JSONResponse(error_body("the request timed out", "timeout"), status_code=408)
+            except ClientGone:
+                release("499")
+                return Response(status_code=499)
             except BaseException:
                 release("500")
                 raise
+            finally:
+                await generation.aclose()  # aborts the request in vLLM if it is still running
             usage = tally.usage()
             release("200")
             completion = ChatCompletion(
@@ -359,7 +505,7 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
                         "index": 0,
                         "message": {"role": "assistant", "content": tally.text},
                         "finish_reason": _finish(tally.finish),
-                        "logprobs": None,
+                        "logprobs": tally.choice_logprobs(),
                     }
                 ],  # fmt: skip
                 usage=usage,
@@ -369,8 +515,10 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
 
         include_usage = bool(req.stream_options and req.stream_options.include_usage)
 
-        def chunk(delta: dict, finish=None, **extra) -> str:
+        def chunk(delta: dict, finish=None, logprobs=None, **extra) -> str:
             choice = {"index": 0, "delta": delta, "finish_reason": finish}
+            if logprobs is not None:
+                choice["logprobs"] = logprobs
             c = ChatCompletionChunk(id=rid, object="chat.completion.chunk", created=created, model=model_name,
                                     choices=[choice], **extra)  # fmt: skip
             return f"data: {json.dumps(c.model_dump(mode='json', exclude_none=True))}\n\n"
@@ -379,11 +527,11 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
             status = "499"  # the client left before the end
             try:
                 yield chunk({"role": "assistant", "content": ""})
-                async with asyncio.timeout(policy.request_timeout_s):
-                    async for delta in generation:
+                async with asyncio.timeout_at(deadline):
+                    async for delta in deltas():
                         tally.add(delta)
                         if delta.text:
-                            yield chunk({"content": delta.text})
+                            yield chunk({"content": delta.text}, logprobs=_Tally.logprobs_of([delta]))
                 yield chunk({}, _finish(tally.finish), emoreason=engine.parse(tally.text, task, model_name))
                 usage = tally.usage()
                 if include_usage:
@@ -395,6 +543,11 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
             except TimeoutError:
                 status = "408"
                 yield f"data: {json.dumps(error_body('the request timed out', 'timeout'))}\n\n"
+            except Exception as exc:  # after the stream started: an error event, as OpenAI's server ends a stream
+                status = "500"
+                logger.exception("request %s failed while streaming", rid)
+                message = f"the server failed while answering ({type(exc).__name__})"
+                yield f"data: {json.dumps(error_body(message, 'internal_error', kind='server_error'))}\n\n"
             finally:
                 await generation.aclose()  # a client that left: the engine aborts the request
                 release(status)
@@ -427,8 +580,16 @@ def engine_from_args(args) -> Engine:
         if not sep or not name or not path:
             raise ValueError(f"--adapter {item!r}: expected NAME=PATH")
         adapters[name] = path
+    face_cache = True  # the user's own commands (analyze, eval) cache landmarks of their own files
+    if hasattr(args, "face_cache"):  # a server keeps nothing of a request unless its operator turns a cache on
+        face_cache = False
+        if args.face_cache:
+            from mllm.face import FaceCache
+
+            face_cache = FaceCache(Path(args.face_cache) / "faces", max_bytes=int(args.face_cache_mb * 1024 * 1024))
     return Engine(args.model, adapters, dtype=args.dtype, enforce_eager=args.enforce_eager or None,
-                  max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs)  # fmt: skip
+                  max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
+                  face_cache=face_cache)  # fmt: skip
 
 
 def add_arguments(parser, port: int = 8000) -> None:
@@ -445,6 +606,21 @@ def add_arguments(parser, port: int = 8000) -> None:
     parser.add_argument("--max-queue", type=int, default=256, help="requests admitted at once; more get 503")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request")
     parser.add_argument("--max-tokens", type=int, default=512, help="largest max_tokens a request may ask")
+    parser.add_argument("--max-media-parts", type=int, default=8, help="media parts per request (default 8)")
+    parser.add_argument("--max-images", type=int, default=32,
+                        help="images and video frames per request, all parts together (default 32)")  # fmt: skip
+    parser.add_argument(
+        "--face-cache",
+        default=None,
+        metavar="DIR",
+        help="keep requests' face landmarks in DIR to answer repeats faster (default: keep nothing)",
+    )
+    parser.add_argument(
+        "--face-cache-mb",
+        type=float,
+        default=256.0,
+        help="bound of --face-cache; the oldest entries are evicted past it (default 256)",
+    )
 
 
 def run(args) -> int:
@@ -453,8 +629,12 @@ def run(args) -> int:
     for d in args.allow_media_dir:
         if not Path(d).is_dir():
             raise FileNotFoundError(f"--allow-media-dir {d}: no such folder")
-    if args.max_body_mb <= 0 or args.max_queue < 1 or args.timeout <= 0 or args.max_tokens < 1:
-        raise ValueError("--max-body-mb, --max-queue, --timeout and --max-tokens must be positive")
+    positive = {"--max-body-mb": args.max_body_mb, "--max-queue": args.max_queue, "--timeout": args.timeout,
+                "--max-tokens": args.max_tokens, "--max-media-parts": args.max_media_parts,
+                "--max-images": args.max_images, "--face-cache-mb": args.face_cache_mb}  # fmt: skip
+    for name, value in positive.items():
+        if not value > 0 or value == float("inf"):
+            raise ValueError(f"{name} must be a positive number, got {value}")
     policy = Policy(
         api_key=args.api_key or os.environ.get("EMOREASON_API_KEY") or None,
         allow_media_dirs=tuple(args.allow_media_dir),
@@ -463,6 +643,8 @@ def run(args) -> int:
         max_queue=args.max_queue,
         request_timeout_s=args.timeout,
         max_tokens=args.max_tokens,
+        max_media_parts=args.max_media_parts,
+        max_images=args.max_images,
     )
     engine = engine_from_args(args)
     app = create_app(engine, policy)
@@ -471,7 +653,7 @@ def run(args) -> int:
         from serve.demo import mount
 
         path = getattr(args, "demo_path", "/demo")
-        app = mount(app, engine, path, policy.api_key, policy.max_tokens, policy.max_body_bytes)
+        app = mount(app, engine, path, policy.api_key, policy.max_tokens, policy.max_body_bytes, policy.access())
         print(f"emoreason demo: {url}{path}", flush=True)
     print(f"emoreason serve: {url}/v1  models: {', '.join(engine.model_names())}", flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)

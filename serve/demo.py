@@ -9,14 +9,21 @@ hesitancy) and the served model; the reasoning streams into a collapsible messag
 the frames the model saw with the face box and 68 landmarks drawn (`serve.overlay`). The demo calls the engine the
 endpoint uses, on the same event loop, so its requests are batched with the API's.
 
-Uploads live in Gradio's cache only while needed: files older than `--keep-uploads-s` are deleted. The API key,
-when set, is the demo's password (any user name).
+A client names only data it sent: the demo's uploads go to a private folder of this server, and any request to
+the demo (the page, or Gradio's HTTP API used directly) that names a file anywhere else, or anything there that is
+not a plain file (a FIFO, a link), is refused with 403 before Gradio touches it. The server keeps nothing of a
+request: the file analysed is deleted once answered, and whatever else Gradio cached (the overlay shown) within
+two minutes. The API key, when set, is the demo's password (any user name).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
+import json
+import os
+import stat
 from pathlib import Path
 
 from mllm.output import TASKS
@@ -58,25 +65,138 @@ def answer_markdown(parsed: dict) -> str:
     return text
 
 
-def build_demo(engine, max_tokens: int = 256, max_file_bytes: int | None = None, keep_uploads_s: int = 600):
+def upload_folder() -> Path:
+    """The folder Gradio writes uploads to (and the only one the demo reads from)."""
+    from gradio.utils import get_upload_folder
+
+    return Path(get_upload_folder()).resolve()
+
+
+def uploaded_file(path: str, folder: Path) -> str | None:
+    """Why `path` is not a file uploaded to this server (None when it is one): inside `folder`, a plain file, not a
+    link. The reason never says whether a file elsewhere exists."""
+    if not isinstance(path, str) or not path:
+        return "names no file"
+    candidate = Path(path)
+    if not Path(os.path.abspath(candidate)).is_relative_to(folder) or not candidate.resolve().is_relative_to(folder):
+        return "names a file that was not uploaded to this server"
+    try:
+        mode = os.lstat(candidate).st_mode
+    except OSError:
+        return "names an upload that is gone (upload the file again)"
+    if not stat.S_ISREG(mode):
+        return "names something in the upload folder that is not a plain file"
+    return None
+
+
+def _file_references(value, found: list) -> list:
+    """Every `path` a request body names, at any depth (Gradio's FileData, or anything shaped like it)."""
+    if isinstance(value, dict):
+        if "path" in value:
+            found.append(value["path"])
+        for item in value.values():
+            _file_references(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _file_references(item, found)
+    return found
+
+
+class UploadsOnly:
+    """ASGI middleware in front of the demo: a JSON request naming a file (Gradio's FileData `path`, under any key)
+    is refused with 403 unless the file is a plain file uploaded to this server (`uploaded_file`), before Gradio
+    copies, serves or opens it (a FIFO would block the server). Bodies are read up to `max_body_bytes`."""
+
+    def __init__(self, app, prefix: str, skip: tuple[str, ...], max_body_bytes: int):
+        self.app, self.prefix, self.skip, self.max_body_bytes = app, prefix.rstrip("/"), skip, max_body_bytes
+
+    async def __call__(self, scope, receive, send):
+        path = scope.get("path", "")
+        ours = scope["type"] == "http" and scope.get("method") == "POST" and path.startswith(self.prefix)
+        if not ours or path.startswith(self.skip):
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        if b"json" not in headers.get(b"content-type", b"") and b"multipart" in headers.get(b"content-type", b""):
+            return await self.app(scope, receive, send)  # an upload: Gradio writes it into the upload folder
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_body_bytes:
+                return await _json_reply(send, 413, f"the request is over {self.max_body_bytes} bytes")
+        problem = None
+        if body.strip()[:1] in (b"{", b"["):
+            try:
+                references = _file_references(json.loads(body), [])
+            except (ValueError, RecursionError):
+                references = []  # not JSON Gradio can read either: Gradio answers it
+            folder = upload_folder()
+            problem = next((p for p in (uploaded_file(r, folder) for r in references) if p), None)
+        if problem is not None:
+            return await _json_reply(send, 403, f"a file reference {problem}")
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        return await self.app(scope, replay, send)
+
+
+async def _json_reply(send, status: int, message: str) -> None:
+    from serve.api import error_body
+
+    payload = json.dumps({**error_body(message, "file_not_allowed"), "detail": message}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
+
+
+def build_demo(
+    engine, max_tokens: int = 256, max_file_bytes: int | None = None, keep_uploads_s: int = 120, access=None
+):
     import gradio as gr
 
+    from mllm.parts import MediaAccess
     from mllm.predict import build_messages
     from serve.engine import RequestError
     from serve.overlay import frames_used
+
+    folder = upload_folder()
+    access = access or MediaAccess()
+    # The demo reads only uploads, whatever its callers send (the middleware refuses the rest before Gradio).
+    access = MediaAccess(local_dirs=(folder,), max_parts=access.max_parts, max_images=access.max_images)
 
     async def respond(video, image, audio, task, model, history):
         media = [m for m in (video, image, audio) if m]
         if len(media) != 1:
             raise gr.Error("Give one video, photo or audio recording (the tab you use), then press Analyze.")
         media = media[0]
+        problem = uploaded_file(media, folder)
+        if problem is not None:
+            raise gr.Error(f"The file {problem}.")
+        try:
+            async for update in _answer(media, task, model, history):
+                yield update
+        finally:  # the server keeps nothing of a request
+            with contextlib.suppress(OSError):
+                os.unlink(media)
+                os.rmdir(os.path.dirname(media))
+
+    async def _answer(media, task, model, history):
         history = [*(history or []), {"role": "user", "content": f"{Path(media).name} ({TASK_NAMES[task]})"}]
         thinking = {"role": "assistant", "content": "", "metadata": {"title": "Reasoning", "status": "pending"}}
         history.append(thinking)
         yield history, "…", None
         messages = build_messages(media, task, engine.served[engine.served_name(model)].label_space)
         try:
-            embeds = await engine.embed(messages, model)
+            embeds = await engine.embed(messages, model, access=access)
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
         picture = asyncio.create_task(asyncio.to_thread(frames_used, engine.processor, media))  # a face cache hit
@@ -121,14 +241,33 @@ def build_demo(engine, max_tokens: int = 256, max_file_bytes: int | None = None,
     return demo
 
 
-def mount(app, engine, path: str, api_key: str | None, max_tokens: int, max_file_bytes: int):
+def private_upload_folder() -> Path:
+    """A folder of this server's own for the demo's uploads (unless the operator set GRADIO_TEMP_DIR): the shared
+    default holds other Gradio apps' files. Removed when the process exits."""
+    import atexit
+    import shutil
+    import tempfile
+
+    if not os.environ.get("GRADIO_TEMP_DIR"):
+        folder = tempfile.mkdtemp(prefix="emoreason-demo-uploads-")
+        os.environ["GRADIO_TEMP_DIR"] = folder
+        atexit.register(shutil.rmtree, folder, True)
+    return upload_folder()
+
+
+def mount(app, engine, path: str, api_key: str | None, max_tokens: int, max_file_bytes: int, access=None):
     import gradio as gr
 
-    demo = build_demo(engine, max_tokens=max_tokens, max_file_bytes=max_file_bytes)
+    private_upload_folder()
+    demo = build_demo(engine, max_tokens=max_tokens, max_file_bytes=max_file_bytes, access=access)
     auth = None
     if api_key:
         auth = lambda _user, password: hmac.compare_digest(password.encode(), api_key.encode())  # noqa: E731
-    return gr.mount_gradio_app(app, demo, path=path, auth=auth, max_file_size=max_file_bytes, footer_links=[])
+    app = gr.mount_gradio_app(app, demo, path=path, auth=auth, max_file_size=max_file_bytes, footer_links=[])
+    skip = ("/v1/", "/health", "/metrics") if path in ("", "/") else ()
+    app.add_middleware(UploadsOnly, prefix=path if path != "/" else "", skip=skip or ("/v1/",),
+                       max_body_bytes=max_file_bytes)  # fmt: skip
+    return app
 
 
 def add_arguments(parser) -> None:

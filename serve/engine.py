@@ -6,8 +6,10 @@
     await engine.shutdown()
 
 Our processor and the composed model's encoders (vision tower, face attention, audio branch) run in this process,
-in a worker thread so the caller's event loop never blocks; requests that arrive while a batch is encoding are
-encoded together in the next one. vLLM's `AsyncLLM` runs the checkpoint's exported language model fed
+in worker threads so the caller's event loop never blocks. Each request's media are decoded and its faces tracked
+in a pool of `render_workers` threads, side by side, so a heavy request does not hold a light one behind it; the
+encoders then run the requests that are ready as one batch. A request given up by its caller (timeout, client gone)
+stops at its next media part or frame. vLLM's `AsyncLLM` runs the checkpoint's exported language model fed
 `prompt_embeds` (ARCHITECTURE.md, decisions 2 and 9), with every LoRA adapter loaded and chosen per request by
 model name. When a request names a task, the completion is constrained to that task's grammar (vLLM structured
 outputs), so it always parses.
@@ -23,6 +25,7 @@ import asyncio
 import hashlib
 import itertools
 import os
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -50,6 +53,18 @@ class Delta:
     token_ids: list[int]
     finish_reason: str | None = None
     logprobs: list[float] | None = None  # each sampled token's, when the request asked for logprobs
+    token_logprobs: list[dict] | None = None  # the same as OpenAI shapes them, with the top alternatives
+
+
+def _openai_logprobs(position: dict, token_id: int, top: int) -> dict:
+    """One token's entry of OpenAI's `logprobs.content` from vLLM's {token id: Logprob} at that position."""
+
+    def item(lp) -> dict:
+        text = lp.decoded_token or ""
+        return {"token": text, "logprob": float(lp.logprob), "bytes": list(text.encode("utf-8"))}
+
+    ranked = sorted(position.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)
+    return {**item(position[token_id]), "top_logprobs": [item(lp) for lp in ranked[:top]]}
 
 
 @dataclass
@@ -138,6 +153,8 @@ class Engine:
         encoder_batch: int = 16,
         kv_cache_gib: float | None = None,
         seed: int = 0,
+        render_workers: int = 4,
+        face_cache: bool = True,
     ):
         from mllm.export import check_checkpoint, load_model, resolve_checkpoint, served_model
         from mllm.processor import EmoReasonProcessor
@@ -171,7 +188,9 @@ class Engine:
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
         main = load_model(self.model_dir, adapter="ignore").eval()
-        self.processor = EmoReasonProcessor.from_pretrained(self.model_dir)
+        # face_cache False: a server keeps nothing of a request (landmarks are biometric data) unless told to.
+        self.processor = EmoReasonProcessor.from_pretrained(self.model_dir, face_cache=face_cache)
+        self.render_workers = max(1, render_workers)
         self.label_space = main.config.label_space
         self.lm_dir, own_lora = served_model(self.model_dir, lambda: (main, self.processor.tokenizer))
         self.encoders = {_new_module_digest(main): main}
@@ -189,6 +208,7 @@ class Engine:
         self._pending: list = []
         self._wake: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
+        self._render_pool = None
         self.stats = {"encoded": 0, "encoder_batches": 0, "largest_encoder_batch": 0, "running": 0}
 
     # Loading ------------------------------------------------------------------------------------------------------
@@ -252,6 +272,12 @@ class Engine:
             **lora,
         )
         self.llm = AsyncLLM.from_engine_args(args)
+        self._start_encoders()
+
+    def _start_encoders(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._render_pool = ThreadPoolExecutor(self.render_workers, thread_name_prefix="emoreason-render")
         self._wake = asyncio.Event()
         self._batcher = asyncio.create_task(self._encode_loop())
 
@@ -259,6 +285,9 @@ class Engine:
         if self._batcher is not None:
             self._batcher.cancel()
             self._batcher = None
+        if self._render_pool is not None:
+            self._render_pool.shutdown(wait=False, cancel_futures=True)
+            self._render_pool = None
         if self.llm is not None:
             self.llm.shutdown()
             self.llm = None
@@ -280,15 +309,25 @@ class Engine:
             )
         return self.served[model]
 
-    async def embed(self, messages: list[dict], model: str | None = None, limits: dict | None = None):
-        """The prompt embeddings (tokens, hidden) of one conversation, from the encoders `model` uses."""
+    async def embed(self, messages: list[dict], model: str | None = None, limits: dict | None = None, access=None):
+        """The prompt embeddings (tokens, hidden) of one conversation, from the encoders `model` uses. `access`:
+        what its media may name and cost (`mllm.parts.MediaAccess`; default: anything, for the user's own
+        commands). Cancelling the caller (a timeout, a client that left) stops the work at its next part or frame."""
         if self._wake is None:
             raise RuntimeError("the engine is not started: await engine.start() first")
         served = self._served(model)
-        future = asyncio.get_running_loop().create_future()
-        self._pending.append((served.encoder, messages, limits, future))
-        self._wake.set()
-        return await future
+        stop = threading.Event()
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await loop.run_in_executor(self._render_pool, self._render, messages, limits, access, stop.is_set)
+            if isinstance(rows, RequestError):
+                raise rows
+            future = loop.create_future()
+            self._pending.append((served.encoder, rows, future))
+            self._wake.set()
+            return await future
+        finally:
+            stop.set()  # finished, failed or given up: a render still running stops at its next part or frame
 
     def encode_now(self, conversations: list[list[dict]], model: str | None = None, limits: dict | None = None):
         """Each conversation's prompt embeddings, or the `RequestError` refusing it, computed in the calling thread
@@ -296,8 +335,8 @@ class Engine:
         encoder = self._served(model).encoder
         out = []
         for i in range(0, len(conversations), self.encoder_batch):
-            chunk = conversations[i : i + self.encoder_batch]
-            out += self._encode_batch([(encoder, messages, limits, None) for messages in chunk])
+            chunk = [self._render(messages, limits) for messages in conversations[i : i + self.encoder_batch]]
+            out += self._encode_batch([(encoder, rows, None) for rows in chunk])
         return out
 
     async def _encode_loop(self) -> None:
@@ -306,7 +345,7 @@ class Engine:
             self._wake.clear()
             while self._pending:
                 batch, self._pending = self._pending[: self.encoder_batch], self._pending[self.encoder_batch :]
-                batch = [item for item in batch if not item[3].done()]  # callers that gave up
+                batch = [item for item in batch if not item[2].done()]  # callers that gave up
                 if not batch:
                     continue
                 try:
@@ -321,21 +360,31 @@ class Engine:
                     else:
                         future.set_result(result)
 
+    def _render(self, messages: list[dict], limits: dict | None, access=None, should_stop=None):
+        """One conversation through the processor (media decoded, faces tracked), or the `RequestError` refusing
+        it: one bad request fails alone."""
+        from mllm.media import MediaError
+        from mllm.parts import UNRESTRICTED
+        from mllm.processor import ProcessorInputError
+
+        try:
+            return self.processor([messages], add_generation_prompt=True, limits=limits,
+                                  access=access or UNRESTRICTED, should_stop=should_stop)  # fmt: skip
+        except (MediaError, ProcessorInputError, ValueError) as exc:
+            return RequestError(f"{exc}", code="invalid_media" if isinstance(exc, MediaError) else None)
+
     def _encode_batch(self, batch: list) -> list:
-        """Render each conversation alone (one bad request fails alone), then run each encoder set's requests
-        through `build_inputs_embeds` as one batch."""
+        """Each encoder set's rendered requests through `build_inputs_embeds` as one batch; a refused render
+        (`RequestError`) is passed through."""
         import torch
 
-        from mllm.media import MediaError
-        from mllm.processor import ProcessorInputError, concat_media
+        from mllm.processor import concat_media
 
         results: list = [None] * len(batch)
         groups: dict[str, list[tuple[int, dict]]] = {}
-        for i, (encoder, messages, limits, _) in enumerate(batch):
-            try:
-                rows = self.processor([messages], add_generation_prompt=True, limits=limits)
-            except (MediaError, ProcessorInputError, ValueError) as exc:
-                results[i] = RequestError(f"{exc}", code="invalid_media" if isinstance(exc, MediaError) else None)
+        for i, (encoder, rows, _) in enumerate(batch):
+            if isinstance(rows, RequestError):
+                results[i] = rows
                 continue
             groups.setdefault(encoder, []).append((i, rows))
         for encoder, items in groups.items():
@@ -407,6 +456,11 @@ class Engine:
             raise RequestError(f"sampling parameters: {exc}") from None
         return self.constrain(params, task, model)
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids a request may name (logit_bias): the served language model's vocabulary."""
+        return len(self.processor.tokenizer)
+
     def served_name(self, model: str | None) -> str:
         """The served name a request's `model` picks (the main model when none is named)."""
         return self._served(model).name
@@ -449,10 +503,13 @@ class Engine:
         try:
             async for out in self.llm.generate({"prompt_embeds": embeds}, params, request_id, lora_request=lora):
                 piece = out.outputs[0]
-                logprobs = None
+                logprobs = entries = None
                 if piece.logprobs is not None:
-                    logprobs = [float(lp[t].logprob) for lp, t in zip(piece.logprobs, piece.token_ids, strict=True)]
-                yield Delta(piece.text, list(piece.token_ids), piece.finish_reason if out.finished else None, logprobs)
+                    pairs = list(zip(piece.logprobs, piece.token_ids, strict=True))
+                    logprobs = [float(lp[t].logprob) for lp, t in pairs]
+                    entries = [_openai_logprobs(lp, t, params.logprobs or 0) for lp, t in pairs]
+                finish = piece.finish_reason if out.finished else None
+                yield Delta(piece.text, list(piece.token_ids), finish, logprobs, entries)
         finally:
             self.stats["running"] -= 1
 

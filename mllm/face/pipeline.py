@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
@@ -67,11 +68,15 @@ class FaceCache:
     written afresh. A cache that cannot be written is skipped, with one warning per process.
     """
 
-    def __init__(self, directory: str | os.PathLike | None = None):
+    def __init__(self, directory: str | os.PathLike | None = None, max_bytes: int | None = None):
         self.directory = Path(directory) if directory is not None else default_cache_dir()
         self.hits = 0
         self.misses = 0
         self.damaged = 0
+        # Bounded (a server's cache, turned on by its operator): past max_bytes the oldest entries are evicted.
+        self.max_bytes = max_bytes
+        self._size: int | None = None
+        self._size_lock = threading.Lock()
 
     def key(self, digest: str, **settings) -> str:
         payload = json.dumps({"v": CACHE_VERSION, "content": digest, **settings}, sort_keys=True, default=str)
@@ -116,6 +121,8 @@ class FaceCache:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **arrays)
             os.replace(tmp, path)
+            if self.max_bytes is not None:
+                self._account(path.stat().st_size)
             return True
         except OSError as exc:
             _warn_unwritable(self.directory, exc)
@@ -124,6 +131,33 @@ class FaceCache:
             if tmp is not None and os.path.exists(tmp):
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
+
+    def entries(self) -> list[Path]:
+        return list(self.directory.glob("*/*.npz"))
+
+    def _account(self, added: int) -> None:
+        """Keep the cache under `max_bytes`: the oldest entries go first, down to 80 % of the bound."""
+        with self._size_lock:
+            if self._size is None:
+                self._size = sum(e.stat().st_size for e in self.entries())
+            else:
+                self._size += added
+            if self._size <= self.max_bytes:
+                return
+            stats = []
+            for entry in self.entries():
+                with contextlib.suppress(OSError):
+                    st = entry.stat()
+                    stats.append((st.st_mtime, st.st_size, entry))
+            stats.sort()
+            total = sum(size for _, size, _ in stats)
+            for _, size, entry in stats:
+                if total <= 0.8 * self.max_bytes:
+                    break
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    total -= size
+            self._size = total
 
 
 def _warn_unwritable(directory: Path, exc: OSError) -> None:
