@@ -50,6 +50,10 @@ def refuse(reason: str) -> NoReturn:
     raise ProcessorInputError(reason)
 
 
+class MediaNotAllowedError(ProcessorInputError):
+    """A conversation names a local file its caller may not read (`MediaAccess.local_dirs`)."""
+
+
 class ProcessingStopped(Exception):
     """The caller stopped a conversation's processing (its request timed out, or its client left)."""
 
@@ -74,8 +78,8 @@ class MediaAccess:
             return path
         resolved = Path(path).resolve()
         if not any(resolved.is_relative_to(Path(d).resolve()) for d in self.local_dirs):
-            refuse("server-local files are not allowed here (send the media as data: send the file's bytes as a "
-                   "base64 data: URL)")  # fmt: skip
+            raise MediaNotAllowedError("server-local files are not allowed here (send the media as a base64 data: "
+                                       "URL, or start the server with --allow-media-dir)")  # fmt: skip
         return str(resolved)
 
 

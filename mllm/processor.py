@@ -525,7 +525,9 @@ class EmoReasonProcessor:
             except MediaError as exc:
                 raise exc.located(at) from exc
             except ValueError as exc:
-                raise ProcessorInputError(f"{at}: {exc}") from exc
+                # The refusal keeps its kind (a MediaNotAllowedError is a 403 for a server), now saying where.
+                kind = type(exc) if isinstance(exc, ProcessorInputError) else ProcessorInputError
+                raise kind(f"{at}: {exc}") from exc
         return {"role": role, "content": "\n".join(p for p in pieces if p)}
 
     def _request_limits(self, limits, access: MediaAccess = UNRESTRICTED, should_stop=None) -> _Limits:

@@ -364,12 +364,14 @@ class Engine:
         """One conversation through the processor (media decoded, faces tracked), or the `RequestError` refusing
         it: one bad request fails alone."""
         from mllm.media import MediaError
-        from mllm.parts import UNRESTRICTED
+        from mllm.parts import UNRESTRICTED, MediaNotAllowedError
         from mllm.processor import ProcessorInputError
 
         try:
             return self.processor([messages], add_generation_prompt=True, limits=limits,
                                   access=access or UNRESTRICTED, should_stop=should_stop)  # fmt: skip
+        except MediaNotAllowedError as exc:
+            return RequestError(f"{exc}", code="media_not_allowed", status=403)
         except (MediaError, ProcessorInputError, ValueError) as exc:
             return RequestError(f"{exc}", code="invalid_media" if isinstance(exc, MediaError) else None)
 
