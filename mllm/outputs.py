@@ -50,7 +50,7 @@ def _is_within(child: Path, parent: Path) -> bool:
     return child == parent or parent in child.parents
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
     try:
@@ -70,7 +70,7 @@ def clean_litter(folder: str | os.PathLike) -> list[Path]:
         return removed
     for entry in folder.iterdir():
         match = _TMP_PATTERN.match(entry.name)
-        if match is None or _pid_alive(int(match.group(1))):
+        if match is None or pid_alive(int(match.group(1))):
             continue
         # Killed between atomic_dir's two renames: the previous version is put back, not thrown away.
         final = folder / match.group(0)[1 : -len(match.group(1)) - len(TMP_TAG) - 1]

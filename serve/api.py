@@ -254,7 +254,8 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
 
     def refuse(status: int, message: str, code=None, param=None) -> JSONResponse:
         metrics.requests.labels(status=str(status)).inc()
-        return JSONResponse(error_body(message, code, param), status_code=status)
+        kind = "server_error" if status >= 500 else "invalid_request_error"
+        return JSONResponse(error_body(message, code, param, kind), status_code=status)
 
     @app.exception_handler(HTTPRefusal)
     async def _refusal(request, exc: HTTPRefusal):
@@ -314,7 +315,8 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
     async def health():
         if engine.llm is None:
             return JSONResponse({"status": "starting"}, status_code=503)
-        return {"status": "ok", "models": engine.model_names(), "active_requests": state["active"]}
+        return {"status": "ok", "models": engine.model_names(), "active_requests": state["active"],
+                "rendering": engine.stats["rendering"]}  # fmt: skip
 
     @app.get("/metrics")
     async def prometheus():
@@ -352,6 +354,9 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
             raise HTTPRefusal(400, f"{where}: {first.get('msg')}"[:500], "invalid_request", where or None) from None
         except RecursionError:
             raise HTTPRefusal(400, "the body is nested too deeply", "invalid_request") from None
+        except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's own model validators
+            param = getattr(exc, "parameter", None)
+            raise HTTPRefusal(400, f"{exc}"[:500], "invalid_request", param) from None
         if (req.n or 1) != 1:
             raise HTTPRefusal(400, "n > 1 is not supported: send several requests", "unsupported", "n")
         for name in ("max_tokens", "max_completion_tokens"):

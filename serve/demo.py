@@ -248,8 +248,15 @@ def private_upload_folder() -> Path:
     import shutil
     import tempfile
 
+    from mllm.outputs import pid_alive
+
     if not os.environ.get("GRADIO_TEMP_DIR"):
-        folder = tempfile.mkdtemp(prefix="emoreason-demo-uploads-")
+        prefix = "emoreason-demo-uploads-"
+        for stale in Path(tempfile.gettempdir()).glob(prefix + "*"):  # left by servers that were killed
+            pid = stale.name[len(prefix) :].split("-")[0]
+            if pid.isdigit() and not pid_alive(int(pid)) and stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+        folder = tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-")
         os.environ["GRADIO_TEMP_DIR"] = folder
         atexit.register(shutil.rmtree, folder, True)
     return upload_folder()

@@ -209,7 +209,7 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._batcher: asyncio.Task | None = None
         self._render_pool = None
-        self.stats = {"encoded": 0, "encoder_batches": 0, "largest_encoder_batch": 0, "running": 0}
+        self.stats = {"encoded": 0, "encoder_batches": 0, "largest_encoder_batch": 0, "running": 0, "rendering": 0}
 
     # Loading ------------------------------------------------------------------------------------------------------
 
@@ -367,6 +367,7 @@ class Engine:
         from mllm.parts import UNRESTRICTED, MediaNotAllowedError
         from mllm.processor import ProcessorInputError
 
+        self.stats["rendering"] += 1
         try:
             return self.processor([messages], add_generation_prompt=True, limits=limits,
                                   access=access or UNRESTRICTED, should_stop=should_stop)  # fmt: skip
@@ -374,6 +375,8 @@ class Engine:
             return RequestError(f"{exc}", code="media_not_allowed", status=403)
         except (MediaError, ProcessorInputError, ValueError) as exc:
             return RequestError(f"{exc}", code="invalid_media" if isinstance(exc, MediaError) else None)
+        finally:
+            self.stats["rendering"] -= 1
 
     def _encode_batch(self, batch: list) -> list:
         """Each encoder set's rendered requests through `build_inputs_embeds` as one batch; a refused render

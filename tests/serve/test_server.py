@@ -202,7 +202,7 @@ def test_metrics_count_requests_tokens_and_queue(server, client):
 
 def test_remote_media_fetched_only_when_allowed(tmp_path):
     """The media policy alone (no engine): a URL on a loopback HTTP server is fetched when remote media are
-    allowed, and refused otherwise; a path is read only under an allowed folder, symlinks resolved."""
+    allowed, and refused otherwise; a path is read only under an allowed folder, links followed."""
     import http.server
     import threading
 
@@ -226,8 +226,11 @@ def test_remote_media_fetched_only_when_allowed(tmp_path):
     inside = tmp_path / "allowed"
     inside.mkdir()
     (inside / "escape.png").symlink_to("/etc/passwd")
-    policy = Policy(allow_media_dirs=(inside,))
     (inside / "ok.png").write_bytes(b"x")
-    assert asyncio.run(police_media(_user(str(inside / "ok.png")), policy))[0]["content"][0]["image_url"]["url"]
-    with pytest.raises(HTTPRefusal, match="not allowed"):
-        asyncio.run(police_media(_user(str(inside / "escape.png")), policy))
+    access = Policy(allow_media_dirs=(inside,)).access()  # local files: checked by the processor, under any key
+    assert access.local(str(inside / "ok.png")) == str((inside / "ok.png").resolve())
+    from mllm.parts import MediaNotAllowedError
+
+    for escape in (inside / "escape.png", inside / ".." / "ok.png", "/etc/passwd", "relative.png"):
+        with pytest.raises(MediaNotAllowedError, match="not allowed"):
+            access.local(str(escape))
