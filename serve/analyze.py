@@ -35,16 +35,21 @@ def _from_file(media: str, exc: Exception) -> str:
 
 
 def _engine_answers(args, media: list[str]) -> tuple[list[str], str]:
-    """Completions through the serving engine; bad media are refused before vLLM starts."""
+    """Completions through the serving engine; bad media are refused before vLLM starts. One status line per phase
+    on stderr; the libraries' output in a log file (`serve.startup`), or on stderr with --verbose."""
     from mllm.predict import build_messages, stdout_to_stderr
     from serve.engine import Engine
+    from serve.startup import StartupLog
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")  # stdout is for the results
-    with stdout_to_stderr():
+    verbose = args.verbose or getattr(args, "verbose_top", False)
+    with StartupLog("analyze", verbose=verbose) as log, stdout_to_stderr():
         # One request: compiling graphs (about a minute on CPU) would cost more than it saves, unless asked for.
-        engine = Engine(args.model, dtype=args.dtype, enforce_eager=not args.compile, max_model_len=args.max_model_len)
+        engine = Engine(args.model, dtype=args.dtype, enforce_eager=not args.compile, max_model_len=args.max_model_len,
+                        status=log.phase)  # fmt: skip
         conversations = [build_messages(m, args.task, engine.label_space) for m in media]
+        log.phase(f"reading {len(media)} file(s): faces tracked, media encoded")
         embeds = engine.encode_now(conversations)
         refused = [(m, e) for m, e in zip(media, embeds, strict=True) if isinstance(e, Exception)]
         if refused:
@@ -54,6 +59,7 @@ def _engine_answers(args, media: list[str]) -> tuple[list[str], str]:
 
         async def answer_all() -> list[str]:
             await engine.start()
+            log.phase("answering")
             try:
                 params = [engine.sampling_params(args.task, args.max_new_tokens) for _ in media]
                 done = await asyncio.gather(
@@ -104,11 +110,17 @@ def _write_overlays(args, out: Path, media: list[str]) -> list[Path]:
     return written
 
 
+def printable(text: str) -> str:
+    """A model's text as a terminal may show it: control characters (escape sequences, carriage returns, bells)
+    written as escapes, line breaks kept."""
+    return "".join(c if c == "\n" or c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def _text(result: dict) -> str:
     head = f"{result['media']}  {result['task']}: "
     if not result["ok"]:
         why = f"no parsable answer ({result['error']}: {result['message']})"
-        return head + why + f"\n  completion: {result['completion']}"
+        return head + why + f"\n  completion: {printable(result['completion'])}"
     task = result["task"]
     if task == "expr":
         answer = result["label"]
@@ -118,7 +130,7 @@ def _text(result: dict) -> str:
         answer = f"valence {result['valence']:+.2f}, arousal {result['arousal']:+.2f}"
     else:
         answer = f"ambivalence/hesitancy {result['ambivalence_hesitancy']}"
-    return head + answer + "\n  reasoning: " + (result["think"].strip() or "(none)")
+    return head + answer + "\n  reasoning: " + (printable(result["think"].strip()) or "(none)")
 
 
 def add_arguments(parser) -> None:

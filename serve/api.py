@@ -225,8 +225,9 @@ def _finish(reason: str | None) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool = True):
-    """The FastAPI app. With `start_engine`, the app's lifespan starts the engine and shuts it down."""
+def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool = True, on_ready=None):
+    """The FastAPI app. With `start_engine`, the app's lifespan starts the engine and shuts it down; `on_ready` (a
+    coroutine function) runs beside the server once the engine is up."""
     from fastapi import FastAPI, Request
     from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
     from openai.types import Model
@@ -243,9 +244,12 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
     async def lifespan(app):
         if start_engine:
             await engine.start()
+        waiter = asyncio.create_task(on_ready()) if on_ready is not None else None
         try:
             yield
         finally:
+            if waiter is not None:
+                waiter.cancel()
             if start_engine:
                 await engine.shutdown()
 
@@ -578,7 +582,7 @@ def add_engine_arguments(parser) -> None:
     parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences vLLM runs at once")
 
 
-def engine_from_args(args) -> Engine:
+def engine_from_args(args, status=None) -> Engine:
     adapters = {}
     for item in args.adapter:
         name, sep, path = item.partition("=")
@@ -594,7 +598,7 @@ def engine_from_args(args) -> Engine:
             face_cache = FaceCache(Path(args.face_cache) / "faces", max_bytes=int(args.face_cache_mb * 1024 * 1024))
     return Engine(args.model, adapters, dtype=args.dtype, enforce_eager=args.enforce_eager or None,
                   max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                  face_cache=face_cache)  # fmt: skip
+                  face_cache=face_cache, status=status)  # fmt: skip
 
 
 def add_arguments(parser, port: int = 8000) -> None:
@@ -651,15 +655,32 @@ def run(args) -> int:
         max_media_parts=args.max_media_parts,
         max_images=args.max_images,
     )
-    engine = engine_from_args(args)
-    app = create_app(engine, policy)
-    url = f"http://{args.host}:{args.port}"
-    if getattr(args, "demo", False):
-        from serve.demo import mount
+    from serve.startup import StartupLog
 
-        path = getattr(args, "demo_path", "/demo")
-        app = mount(app, engine, path, policy.api_key, policy.max_tokens, policy.max_body_bytes, policy.access())
-        print(f"emoreason demo: {url}{path}", flush=True)
-    print(f"emoreason serve: {url}/v1  models: {', '.join(engine.model_names())}", flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
+    command = "demo" if getattr(args, "demo_path", None) == "/" else "serve"
+    with StartupLog(command, verbose=args.verbose or getattr(args, "verbose_top", False)) as log:
+        engine = engine_from_args(args, status=log.phase)
+        url = f"http://{args.host}:{args.port}"
+        demo_path = getattr(args, "demo_path", "/demo") if getattr(args, "demo", False) else None
+        where = f"{url}{demo_path} (the demo), {url}/v1 (the API)" if demo_path else f"{url}/v1"
+
+        async def announce():
+            """The address, once the server answers on it."""
+            import httpx
+
+            async with httpx.AsyncClient(timeout=2) as client:
+                while True:
+                    with contextlib.suppress(httpx.HTTPError):
+                        if (await client.get(f"{url}/health")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.2)
+            log.phase(f"ready: {where}  models: {', '.join(engine.model_names())}")
+
+        app = create_app(engine, policy, on_ready=announce)
+        if demo_path:
+            from serve.demo import mount
+
+            app = mount(app, engine, demo_path, policy.api_key, policy.max_tokens, policy.max_body_bytes,
+                        policy.access())  # fmt: skip
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning", timeout_graceful_shutdown=5)
     return 0

@@ -155,10 +155,12 @@ class Engine:
         seed: int = 0,
         render_workers: int = 4,
         face_cache: bool = True,
+        status=None,
     ):
         from mllm.export import check_checkpoint, load_model, resolve_checkpoint, served_model
         from mllm.processor import EmoReasonProcessor
 
+        self.status = status or (lambda text: None)  # one line per start-up phase (serve.startup.StartupLog.phase)
         self.model_dir = resolve_checkpoint(model_dir)
         check_checkpoint(self.model_dir, processor=True)
         for adapter_name, path in (adapters or {}).items():  # every folder checked before any slow load
@@ -187,12 +189,18 @@ class Engine:
                 # sharing (0.84 against 0.55 at 16 clients, bench/serve.py, 2 cores).
                 os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
 
+        self.status(f"loading the model ({model_dir})")
         main = load_model(self.model_dir, adapter="ignore").eval()
         # face_cache False: a server keeps nothing of a request (landmarks are biometric data) unless told to.
         self.processor = EmoReasonProcessor.from_pretrained(self.model_dir, face_cache=face_cache)
         self.render_workers = max(1, render_workers)
         self.label_space = main.config.label_space
-        self.lm_dir, own_lora = served_model(self.model_dir, lambda: (main, self.processor.tokenizer))
+
+        def exported():
+            self.status("exporting its language model for vLLM (once per model: kept while the weights are unchanged)")
+            return main, self.processor.tokenizer
+
+        self.lm_dir, own_lora = served_model(self.model_dir, exported)
         self.encoders = {_new_module_digest(main): main}
         main_key = next(iter(self.encoders))
         ids = itertools.count(1)
@@ -271,6 +279,8 @@ class Engine:
             seed=self.seed,
             **lora,
         )
+        mode = "without compiled graphs" if self.enforce_eager else "compiling its graphs: a minute or more on CPU"
+        self.status(f"starting vLLM ({mode})")
         self.llm = AsyncLLM.from_engine_args(args)
         self._start_encoders()
 
