@@ -143,10 +143,21 @@ def _save_base(model, tokenizer, image_processor, out: Path) -> None:
     image_processor.save_pretrained(out)
 
 
+def _image_processor_class(name: str):
+    """The base's image processor class: the torchvision one where torchvision imports, else its PIL twin (which
+    transformers would fall back to anyway, warning each time; the CPU set-up removes torchvision on purpose)."""
+    import importlib.util
+
+    import transformers
+
+    has_torchvision = importlib.util.find_spec("torchvision") is not None
+    return getattr(transformers, name if has_torchvision else f"{name}Pil")
+
+
 def build_internvl_base(out: Path, size: str = "tiny", seed: int = 0):
     """A random InternVL-hf model. "tiny": 64x64 images, 16 px patches, pixel shuffle 0.5 -> 4 visual tokens."""
     import torch
-    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration
+    from transformers import InternVLConfig, InternVLForConditionalGeneration
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
@@ -168,7 +179,7 @@ def build_internvl_base(out: Path, size: str = "tiny", seed: int = 0):
         tie_word_embeddings=False,
     )
     model = InternVLForConditionalGeneration(config)
-    image_processor = GotOcr2ImageProcessor(
+    image_processor = _image_processor_class("GotOcr2ImageProcessor")(
         size={"height": image_size, "width": image_size}, crop_to_patches=False, do_convert_rgb=True
     )
     _save_base(model, tokenizer, image_processor, out)
@@ -180,11 +191,7 @@ def build_llava_onevision_base(out: Path, size: str = "tiny", seed: int = 0):
     embeddings (as in llava-onevision-qwen2-0.5b-ov-hf). "tiny": 64x64 images, 16 px patches -> a 4x4 grid, pooled
     2x2 -> 4 visual tokens. The tokenizer holds only the base's own `<image>` / `<video>` tokens."""
     import torch
-    from transformers import (
-        LlavaOnevisionConfig,
-        LlavaOnevisionForConditionalGeneration,
-        LlavaOnevisionImageProcessor,
-    )
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
 
     tokenizer = build_tokenizer(extra_special_tokens=("<image>", "<video>"))
     torch.manual_seed(seed)
@@ -213,7 +220,7 @@ def build_llava_onevision_base(out: Path, size: str = "tiny", seed: int = 0):
         tie_word_embeddings=True,
     )
     model = LlavaOnevisionForConditionalGeneration(config)
-    image_processor = LlavaOnevisionImageProcessor(
+    image_processor = _image_processor_class("LlavaOnevisionImageProcessor")(
         size={"height": image_size, "width": image_size},
         image_grid_pinpoints=pinpoints,
         image_mean=[0.5, 0.5, 0.5],
