@@ -251,9 +251,19 @@ def inspect(args):
             text = next(p["text"] for p in prompt[0]["content"] if p["type"] == "text")
             media = row["video"] or row["image"] or (row["frames"][0] if row["frames"] else "")
             print(f"- {row['id']}  [{row['task']}] media={media} frames={len(row['frames'])}")
-            print(f"  prompt: {text[:160]}")
-            print(f"  target: {row['target'][:400]}")
+            print(f"  prompt: {_shortened(text, 400)}")
+            print(f"  target: {_shortened(row['target'], 600)}")
     return 0
+
+
+def _shortened(text: str, limit: int) -> str:
+    """`text` whole when it fits, else cut at the last word boundary before `limit` and marked, with the count of
+    characters left out (never mid-word)."""
+    if len(text) <= limit:
+        return text
+    cut = text.rfind(" ", 0, limit)
+    cut = cut if cut > limit // 2 else limit
+    return f"{text[:cut].rstrip()} ... ({len(text) - cut} more characters)"
 
 
 def run(args) -> int:

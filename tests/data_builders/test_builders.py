@@ -432,3 +432,14 @@ def test_bah_meta_from_participants_and_frame_segment_samples(tmp_path):
     (root / "participants.csv").write_text("participant_id,age,sex\nP02,51,M\n")
     samples, report = build("bah", root)
     assert by_id(samples)["bah/train/v1"].meta == {} and "'P01' is not in participants.csv" in report.warnings[0]
+
+
+def test_inspect_shortens_at_a_word_boundary_and_says_how_much_is_left():
+    from data_builders.cli import _shortened
+
+    text = "Which facial expression does the person show? " * 20
+    short = _shortened(text, 100)
+    kept, _, rest = short.partition(" ... (")
+    assert text.startswith(kept) and text[len(kept)] == " " and len(kept) <= 100
+    assert rest == f"{len(text) - len(kept)} more characters)"
+    assert _shortened("fits", 100) == "fits"
