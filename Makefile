@@ -34,8 +34,11 @@ $(STAMP): pyproject.toml Makefile
 	  else echo "chromium not installed: the demo's browser test will be skipped (apt-get install chromium)"; fi; \
 	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[$(ACCEL),dev]"
+	@echo "[1/3] torch 2.13 ($(ACCEL))"
+	$(PIP) install --progress-bar on torch==2.13.0
+	@echo "[2/3] EmoReason and its dependencies: vLLM, TRL, PEFT, transformers, gradio, PyAV, dlib (the longest step)"
+	$(PIP) install --progress-bar on -e ".[$(ACCEL),dev]"
+	@echo "[3/3] checking the install"
 ifeq ($(ACCEL),cpu)
 	@# The registry's torchvision/torchaudio/torchcodec wheels link CUDA and break imports beside CPU torch.
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec

@@ -146,7 +146,9 @@ def run(args) -> int:
     checks.add_column("status")
     checks.add_column("detail")
     failed = 0
-    for label, check, required in CHECKS:
+    for i, (label, check, required) in enumerate(CHECKS, 1):
+        # Each check imports or runs a part (vLLM's import alone takes seconds): say which one is under way.
+        console.print(f"[dim]checking {i}/{len(CHECKS)}: {label} ...[/dim]", end="\r")
         try:
             detail = check()
             status = "[green]ok[/green]" if detail is not None else "[yellow]absent[/yellow]"
@@ -158,5 +160,6 @@ def run(args) -> int:
             if args.verbose:
                 console.print(traceback.format_exc())
         checks.add_row(label, status, detail)
+    console.print(" " * 60, end="\r")
     console.print(checks)
     return 1 if failed else 0
