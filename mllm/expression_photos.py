@@ -325,6 +325,7 @@ def write_rafdb_expression_tree(
     seed: int = 0,
     strength: float = 1.0,
     image_size: int = 160,
+    progress: bool = True,
 ) -> dict:
     """Write a RAF-DB basic tree of warped real faces under `root` and their OpenFace CSVs in `openface_dir`.
 
@@ -363,10 +364,15 @@ def write_rafdb_expression_tree(
         "images": [],
     }
     lines = {split: [] for split in splits}
+    from tqdm import tqdm
+
+    bar = tqdm(total=(train_faces + test_faces) * len(classes), unit="photo", desc="expression photos",
+               disable=not progress)  # fmt: skip
     for split, members in splits.items():
         jobs = [(face, label) for face in members for label in classes]
         number = 0
         for k in rng.permutation(len(jobs)):
+            bar.update()
             face, label = jobs[k]
             warped = warp_expression(face.rgb, face.landmarks_68, label, strength, rng)
             data, decoded = _jpeg(frame_face(warped, face.box, image_size))
@@ -386,6 +392,7 @@ def write_rafdb_expression_tree(
             summary["images"].append(
                 {"path": str(image), "csv": str(csv), "split": split, "label": label, "identity": face.name}
             )
+    bar.close()
     listed = [line for split in splits for line in sorted(lines[split])]
     Path(summary["label_file"]).write_text("\n".join(listed) + "\n")
     return summary
