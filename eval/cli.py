@@ -9,6 +9,11 @@
 
 `run` answers (resumable, `eval.run`) and then scores: `metrics.json`, `report.md`, `confusion_matrix.png`,
 `per_class_f1.png` in the run folder (`eval.report`). A shard (`--shard I/N`) is scored when merged.
+
+Bad input: every file a command reads is checked before any work or output (`eval.files`: line by line, each
+line bounded, a problem named `FILE:LINE: field: reason`); outputs are claimed first (`mllm.outputs`: a run folder
+of kind eval-run, a challenge file that is new or one this command wrote and nobody changed; never an input, links
+followed); a run, merge, report, compare or submission with no prediction to work on is refused.
 """
 
 from __future__ import annotations
@@ -23,16 +28,19 @@ HELP = (
     "submit (challenge files), score (a challenge file)."
 )
 
+MAX_SMOOTH = 1001  # frames (33 s at 30 fps); each frame's vote reads the whole window
+
 
 def _report(out: Path, settings: dict, window: int) -> dict:
     from eval.report import evaluate, write_report
-    from eval.run import PREDICTIONS, read_predictions
-    from train.data import dataset_label_space, load_split
+    from eval.run import PREDICTIONS, rows_and_predictions
 
-    rows = load_split(settings["data"], settings["split"], [settings["task"]], settings.get("max_samples"), seed=0)
-    predictions = read_predictions(out / PREDICTIONS)
-    space = dataset_label_space(Path(settings["data"]))
+    rows, space, predictions = rows_and_predictions(out, settings, "score")
     result, extra = evaluate(rows, predictions, settings["task"], space, window)
+    if not result["sample_level"] and not result["frame_level"]:
+        raise ValueError(f"{out / PREDICTIONS}: {result['answered']} of {result['samples']} samples answered, "
+                         f"{result['parse_failures']} did not parse, {result['unreadable_media']} unreadable: no "
+                         f"{settings['task']} metric can be computed from them; nothing scored")  # fmt: skip
     write_report(out, result, extra, settings)
     for line in _summary(result):
         print(line)
@@ -51,11 +59,22 @@ def _summary(result: dict) -> list[str]:
     return lines
 
 
-def _merge(args) -> int:
-    from eval.run import PREDICTIONS, RUN_FILE, load_run, parse_shard, read_predictions
-    from mllm.outputs import atomic_write_text, claim_output_dir
+def _existing(*paths) -> list[str]:
+    """The inputs to protect from being written over: those named and on disk (a hub id is not a path)."""
+    return [str(p) for p in paths if p and Path(p).exists()]
 
-    settings, shards, merged = None, set(), {}
+
+def _run_inputs(settings: dict) -> list[str]:
+    return _existing(settings["data"], settings.get("model"), settings.get("adapter"))
+
+
+def _merge(args) -> int:
+    from eval.run import PREDICTIONS, RUN_FILE, check_same_run, load_run, parse_shard, read_predictions
+    from mllm.labels import label_space
+    from mllm.outputs import atomic_path, atomic_write_text, claim_output_dir
+    from train.data import dataset_label_space, load_split
+
+    settings, shards = None, {}
     for folder in map(Path, args.runs):
         these = load_run(folder)
         part, total = parse_shard(these["shard"])
@@ -67,77 +86,83 @@ def _merge(args) -> int:
             raise ValueError(f"{folder}: another run's shard (differs in {', '.join(differing) or 'shard count'})")
         if part in shards:
             raise ValueError(f"{folder}: shard {part}/{total} given twice")
-        shards.add(part)
-        for sample, record in read_predictions(folder / PREDICTIONS).items():
+        shards[part] = folder
+    rows = load_split(settings["data"], settings["split"], [settings["task"]], settings.get("max_samples"), seed=0)
+    labels = label_space(dataset_label_space(Path(settings["data"])))
+    where = f"{settings['data']} [{settings['split']}] task {settings['task']}"
+    merged, source = {}, {}
+    for folder in shards.values():
+        path = folder / PREDICTIONS
+        for sample, record in read_predictions(path, task=settings["task"], labels=labels, ids=set(rows["id"]),
+                                               ids_from=where).items():  # fmt: skip
             if sample in merged:
-                raise ValueError(f"{folder}: id {sample!r} is in two shards")
-            merged[sample] = record
-    missing = sorted(set(range(1, expected + 1)) - shards)
+                raise ValueError(f"{path}: id {sample!r} is also in {source[sample]}; a sample is in one shard")
+            merged[sample], source[sample] = record, path
+    if not merged:
+        raise ValueError(f"{', '.join(args.runs)}: no prediction in any shard; nothing to merge")
+    missing = sorted(set(range(1, expected + 1)) - set(shards))
     if missing:
         print(f"warning: shards {missing} of {expected} are missing; their samples count as unanswered",
               file=sys.stderr)  # fmt: skip
-    out = claim_output_dir(args.out, protect=args.runs, what="--out", kind="eval-run")
+    out = claim_output_dir(args.out, protect=[*args.runs, *_run_inputs(settings)], what="--out", kind="eval-run")
     settings = {**settings, "shard": "1/1"}
+    check_same_run(out, settings)  # another run's answers are never replaced
     atomic_write_text(out / RUN_FILE, json.dumps(settings, indent=1) + "\n")
-    text = "".join(json.dumps(merged[k], ensure_ascii=False) + "\n" for k in sorted(merged))
-    atomic_write_text(out / PREDICTIONS, text)
+    with atomic_path(out / PREDICTIONS) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        for sample in sorted(merged):
+            f.write(json.dumps(merged[sample], ensure_ascii=False) + "\n")
     _report(out, settings, args.smooth)
     return 0
 
 
-def _submit(args) -> int:
-    from eval.report import frames_of
-    from eval.run import PREDICTIONS, load_run, read_predictions
-    from eval.submission import (
-        bah_video_answers,
-        frames_from_annotations,
-        frames_from_sample,
-        reference_videos,
-        write_abaw,
-        write_bah,
-    )
-    from mllm.labels import label_space
-    from train.data import dataset_label_space, load_split
+def _submission_inputs(args, task: str):
+    """The frame list (ABAW) or the reference videos (BAH) a challenge file is written over, read and checked."""
+    from eval.submission import frames_from_annotations, frames_from_sample, reference_videos
 
-    folder = Path(args.run_dir)
-    settings = load_run(folder)
-    _check_new_file(Path(args.out), [folder])
-    task = settings["task"]
-    rows = load_split(settings["data"], settings["split"], [task], settings.get("max_samples"), seed=0)
-    predictions = read_predictions(folder / PREDICTIONS)
     if task == "ah":
         if not args.reference:
             raise ValueError("BAH: --reference SPLIT_FILE names the videos and their order")
-        videos = [v for v, _ in reference_videos(args.reference)]
+        return [v for v, _ in reference_videos(args.reference)]
+    if bool(args.sample) == bool(args.frames_from):
+        raise ValueError("ABAW: give the frame list with --sample FILE (test set) or --frames-from DIR")
+    return frames_from_sample(args.sample) if args.sample else frames_from_annotations(args.frames_from, task)
+
+
+def _claim_submission(path, run_folder, protect: list) -> Path:
+    """The challenge file: never inside the run folder (even one not made yet), never one of the inputs, and
+    only replacing a file this command wrote (`mllm.outputs.claim_output_file`)."""
+    from mllm.outputs import OutputRefusedError, claim_output_file
+
+    target, folder = Path(path).expanduser().resolve(), Path(run_folder).expanduser().resolve()
+    if target == folder or folder in target.parents:
+        raise OutputRefusedError(f"{path}: the challenge file must not be inside the run folder {run_folder}")
+    return claim_output_file(path, protect=_existing(run_folder, *protect), what="--out")
+
+
+def _submit(args) -> int:
+    from eval.report import frames_of
+    from eval.run import inputs_of, load_run, rows_and_predictions
+    from eval.submission import bah_video_answers, write_abaw, write_bah
+    from mllm.labels import label_space
+
+    folder = Path(args.run_dir)
+    settings = load_run(folder)
+    task = settings["task"]
+    rows, space, predictions = rows_and_predictions(folder, settings, "submit")
+    listed = _submission_inputs(args, task)
+    out = _claim_submission(args.out, folder, [*_run_inputs(settings), *inputs_of(args)])
+    if task == "ah":
         probabilities, predicted = bah_video_answers(rows, predictions)
-        by_path = {v: Path(v).stem for v in videos}
-        counts = write_bah(args.out, videos, {v: probabilities[s] for v, s in by_path.items() if s in probabilities},
+        by_path = {v: Path(v).stem for v in listed}
+        counts = write_bah(out, listed, {v: probabilities[s] for v, s in by_path.items() if s in probabilities},
                            {v: predicted[s] for v, s in by_path.items() if s in predicted})  # fmt: skip
     else:
-        if bool(args.sample) == bool(args.frames_from):
-            raise ValueError("ABAW: give the frame list with --sample FILE (test set) or --frames-from DIR")
-        lists = frames_from_sample(args.sample) if args.sample else frames_from_annotations(args.frames_from, task)
-        labels = label_space(dataset_label_space(Path(settings["data"])))
-        frames = frames_of(rows, predictions, task, labels, args.smooth)
+        frames = frames_of(rows, predictions, task, label_space(space), args.smooth)
         if frames is None:
             raise ValueError(f"{folder}: its samples carry no per-frame labels; ABAW files are written per frame")
-        counts = write_abaw(args.out, task, frames, lists)
+        counts = write_abaw(out, task, frames, listed)
     print(f"{args.out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
     return 0
-
-
-def _check_new_file(path: Path, protect: list[Path]) -> None:
-    """The prediction file is new, or one this command wrote (it starts with our header or a BAH line); never a
-    file inside a run or the user's other files."""
-    for folder in protect:
-        if folder.resolve() in path.resolve().parents:
-            raise ValueError(f"{path}: --out must not be inside the run folder {folder}")
-    if path.exists() and not path.is_file():
-        raise ValueError(f"{path}: exists and is not a file")
-    if path.exists():
-        first = path.open(encoding="utf-8", errors="replace").readline()
-        if not (first.startswith("image_location,") or first.count(",") == 3):
-            raise ValueError(f"{path}: exists and is not a prediction file; choose a new --out")
 
 
 def _score(args) -> int:
@@ -190,8 +215,12 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    if args.smooth < 1 or args.smooth % 2 == 0:
-        raise ValueError(f"--smooth must be an odd number of frames (1: none), got {args.smooth}")
+    if not 1 <= args.smooth <= MAX_SMOOTH or args.smooth % 2 == 0:
+        raise ValueError(f"--smooth must be an odd number of frames from 1 (none) to {MAX_SMOOTH}, got {args.smooth}")
+    if args.action != "score":
+        import datasets
+
+        datasets.disable_progress_bars()  # filtering a split takes no time worth a bar, and would surround an error
     if args.action == "merge":
         return _merge(args)
     if args.action == "submit":
@@ -204,15 +233,21 @@ def run(args) -> int:
         return compare(args)
     if args.action == "report":
         from eval.run import load_run
+        from mllm.outputs import claim_output_dir
 
-        _report(Path(args.run_dir), load_run(args.run_dir), args.smooth)
+        settings = load_run(args.run_dir)
+        claim_output_dir(args.run_dir, protect=_run_inputs(settings), what="the run folder", kind="eval-run")
+        _report(Path(args.run_dir), settings, args.smooth)
         return 0
     from eval import run as run_module
 
+    run_module.check_counts(args)
     if args.submission:  # checked before any answering
-        _check_new_file(Path(args.submission), [Path(args.out)])
         if run_module.parse_shard(args.shard) != (1, 1):
             raise ValueError("--submission is written for a whole run: give it to `eval submit` after `eval merge`")
+        _submission_inputs(args, args.task)
+        _claim_submission(args.submission, args.out, [args.data, args.model, args.adapter,
+                                                      *run_module.inputs_of(args)])  # fmt: skip
     code = run_module.run(args)
     if code == 0 and run_module.parse_shard(args.shard) == (1, 1):
         result = _report(Path(args.out), run_module.run_settings(args), args.smooth)

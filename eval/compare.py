@@ -8,8 +8,6 @@ whole videos, since the frames of a video are not independent. Both runs must an
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 REPLICATES = 1000
@@ -76,9 +74,8 @@ def compare(rows, a: dict, b: dict, task: str, labels: tuple[str, ...], window: 
 
 
 def run(args) -> int:
-    from eval.run import PREDICTIONS, load_run, read_predictions
+    from eval.run import load_run, rows_and_predictions
     from mllm.labels import label_space
-    from train.data import dataset_label_space, load_split
 
     settings = [load_run(args.run_a), load_run(args.run_b)]
     for key in ("data", "split", "task", "max_samples"):
@@ -86,10 +83,9 @@ def run(args) -> int:
             raise ValueError(f"{args.run_b}: answers {key}={settings[1].get(key)!r}, {args.run_a} answers "
                              f"{settings[0].get(key)!r}; compare runs on the same samples")  # fmt: skip
     s = settings[0]
-    rows = load_split(s["data"], s["split"], [s["task"]], s.get("max_samples"), seed=0)
-    labels = label_space(dataset_label_space(Path(s["data"])))
-    a = read_predictions(Path(args.run_a) / PREDICTIONS)
-    b = read_predictions(Path(args.run_b) / PREDICTIONS)
+    rows, space, a = rows_and_predictions(args.run_a, s, "compare")
+    _, _, b = rows_and_predictions(args.run_b, settings[1], "compare", loaded=(rows, space))
+    labels = label_space(space)
     result = compare(rows, a, b, s["task"], labels, args.smooth)
     print(f"B = {args.run_b} against A = {args.run_a} ({len(rows)} samples; 95% paired bootstrap intervals)")
     print("| metric | A | B | B - A | 95% CI |")

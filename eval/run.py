@@ -31,28 +31,48 @@ RUN_FILE = "run.json"
 # The predictions file
 
 
-def read_predictions(path: Path, repair: bool = False) -> dict[str, dict]:
-    """The predictions by id. A last line without its newline (a write cut short) is dropped, and with `repair`
-    cut from the file; a malformed complete line or an id twice is an error naming the line."""
+def read_predictions(path: Path, repair: bool = False, *, task: str | None = None, labels: tuple[str, ...] = (),
+                     ids=None, ids_from: str = "the dataset") -> dict[str, dict]:  # fmt: skip
+    """The predictions by id, read line by line (each line at most `files.MAX_LINE_BYTES`). With `task`, every
+    record is checked as scoring reads it (`files.check_prediction`), and with `ids` its id must be one of them. A
+    last line without its newline that is not JSON (a write cut short) is left out, and with `repair` cut from the
+    file (a whole one gets its newline); a malformed complete line or an id twice is an error naming the line."""
+    from eval.files import MAX_LINE_BYTES, EvalFileError, check_prediction, numbered_lines, parse_json_line, shown
+
     out: dict[str, dict] = {}
     if not path.exists():
         return out
-    data = path.read_bytes()
-    complete = data[: data.rfind(b"\n") + 1]
-    if repair and len(complete) != len(data):
+    first: dict[str, int] = {}
+    torn = whole_unended = None
+    for number, text, ended in numbered_lines(path, "predictions file"):
+        if not text.strip():
+            continue
+        if ended:
+            record = parse_json_line(path, number, text)
+        else:
+            try:
+                record = json.loads(text)
+            except (ValueError, RecursionError):
+                torn = number
+                break
+            whole_unended = number
+        sample = check_prediction(record, path, number, task, labels, ids, ids_from)
+        if sample in out:
+            raise EvalFileError(path, number, "id", f"{shown(sample)} appears twice (first at line {first[sample]})")
+        out[sample], first[sample] = record, number
+    if torn is not None and not repair:
+        print(f"warning: {path}:{torn}: an unfinished last line (a write cut short) is left out", file=sys.stderr)
+    if repair and (torn is not None or whole_unended is not None):
         with open(path, "r+b") as f:
-            f.truncate(len(complete))
+            size = f.seek(0, os.SEEK_END)
+            if torn is not None:  # cut back to the end of the last whole line; the sample is answered again
+                f.seek(max(0, size - MAX_LINE_BYTES - 1))
+                tail = f.read()
+                f.truncate(size - len(tail) + tail.rfind(b"\n") + 1)
+            else:
+                f.write(b"\n")
             f.flush()
             os.fsync(f.fileno())
-    for number, line in enumerate(complete.decode("utf-8", errors="replace").splitlines(), start=1):
-        try:
-            record = json.loads(line)
-            sample = record["id"]
-        except (ValueError, KeyError, TypeError):
-            raise ValueError(f"{path}:{number}: not a prediction line (JSON with an id)") from None
-        if sample in out:
-            raise ValueError(f"{path}:{number}: id {sample!r} appears twice")
-        out[sample] = record
     return out
 
 
@@ -76,10 +96,12 @@ class Appender:
 
 
 def parse_shard(text: str | None) -> tuple[int, int]:
+    from eval.files import whole_number
+
     if not text:
         return 1, 1
     part, sep, total = text.partition("/")
-    if not sep or not part.isdigit() or not total.isdigit() or not 1 <= int(part) <= int(total):
+    if not sep or not whole_number(part) or not whole_number(total) or not 1 <= int(part) <= int(total):
         raise ValueError(f"--shard {text!r}: expected I/N with 1 <= I <= N, for example 2/4")
     return int(part), int(total)
 
@@ -101,11 +123,14 @@ def run_settings(args) -> dict:
 
 
 def load_run(folder) -> dict:
-    """The settings of an `eval run` (or `eval merge`) folder, or a one-line error when it is not one."""
+    """The settings of an `eval run` (or `eval merge`) folder, each checked (`files.read_run_settings`), or a
+    one-line error when it is not one."""
+    from eval.files import read_run_settings
+
     path = Path(folder) / RUN_FILE
-    if not path.is_file():
+    if not path.exists():
         raise FileNotFoundError(f"{folder}: not an `eval run` folder (no {RUN_FILE})")
-    return json.loads(path.read_text())
+    return read_run_settings(path)
 
 
 def check_same_run(out: Path, settings: dict) -> None:
@@ -113,11 +138,10 @@ def check_same_run(out: Path, settings: dict) -> None:
     from mllm.outputs import atomic_write_text
 
     path = out / RUN_FILE
-    if path.exists():
-        try:
-            before = json.loads(path.read_text())
-        except ValueError:
-            raise ValueError(f"{path}: unreadable; choose a new --out") from None
+    if path.exists() or path.is_symlink():
+        from eval.files import read_settings_object
+
+        before, _ = read_settings_object(path)  # what differs is named below, whatever else is wrong with it
         for key, value in settings.items():
             if before.get(key) != value:
                 raise ValueError(
@@ -127,6 +151,26 @@ def check_same_run(out: Path, settings: dict) -> None:
         raise ValueError(f"{out}: has {PREDICTIONS} but no {RUN_FILE}; choose a new --out")
     else:
         atomic_write_text(path, json.dumps(settings, indent=1) + "\n")
+
+
+def rows_and_predictions(folder, settings: dict, what: str = "score", loaded=None):
+    """A run's dataset rows, label space and checked predictions (every id one of the rows'); a run without any
+    prediction is refused: there is nothing to `what`. `loaded`: the (rows, label space) of the same settings."""
+    from mllm.labels import label_space
+    from train.data import dataset_label_space, load_split
+
+    rows, space = loaded or (
+        load_split(settings["data"], settings["split"], [settings["task"]], settings.get("max_samples"), seed=0),
+        dataset_label_space(Path(settings["data"])),
+    )
+    path = Path(folder) / PREDICTIONS
+    where = f"{settings['data']} [{settings['split']}] task {settings['task']}"
+    predictions = read_predictions(path, task=settings["task"], labels=label_space(space), ids=set(rows["id"]),
+                                   ids_from=where)  # fmt: skip
+    if not predictions:
+        missing = "missing" if not path.exists() else "holds no prediction"
+        raise ValueError(f"{path}: {missing}, for the {len(rows)} samples of {where}; nothing to {what}")
+    return rows, space, predictions
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,7 +234,7 @@ async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens
             if progress is not None:
                 progress.update(1)
 
-    await asyncio.gather(*(worker() for _ in range(max(1, concurrency))))
+    await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(rows))))))
     if unreadable:
         sample, message = unreadable[0]
         print(f"warning: {len(unreadable)} samples could not be read and count as wrong answers (their lines say "
@@ -209,37 +253,79 @@ def _check_label_space(args) -> None:
     config = Path(str(resolve_checkpoint(args.model))) / "config.json"
     if args.adapter and (Path(args.adapter) / "config.json").is_file():  # a trained folder answers in its own space
         config = Path(args.adapter) / "config.json"
-    model_space = json.loads(config.read_text()).get("label_space")
+    try:
+        model_space = json.loads(config.read_text(encoding="utf-8")).get("label_space")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{config}: not a JSON object of the model's settings") from None
     data_space = dataset_label_space(Path(args.data))
     if model_space != data_space:
         raise ValueError(f"{config}: the model answers in label space {model_space!r}, the dataset {args.data} is "
                          f"labelled in {data_space!r}; evaluate a model trained on this label space")  # fmt: skip
 
 
+COUNTS = {"max_samples": "--max-samples", "max_new_tokens": "--max-new-tokens", "concurrency": "--concurrency",
+          "max_model_len": "--max-model-len"}  # fmt: skip
+
+
+def check_counts(args) -> None:
+    """Counts are whole numbers of at least 1, checked before anything is read or started (a subset of -3 samples
+    used to select nothing and score "0/0")."""
+    for name, option in COUNTS.items():
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            raise ValueError(f"{option}: must be at least 1, got {value}")
+    if args.max_new_tokens >= args.max_model_len:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: leaves no room for the prompt in --max-model-len "
+                         f"{args.max_model_len}")  # fmt: skip
+    parse_shard(args.shard)
+    if args.adapter and not Path(args.adapter).is_dir():
+        raise FileNotFoundError(f"--adapter {args.adapter}: no such folder")
+
+
 def run(args) -> int:
-    from mllm.outputs import claim_output_dir
-    from train.data import load_split
-
-    settings = run_settings(args)
+    from eval.files import dataset_splits
+    from mllm.labels import label_space
     from mllm.output import think_budget
-    from train.data import dataset_label_space
+    from mllm.outputs import claim_output_dir
+    from train.data import dataset_label_space, load_split
 
-    think_budget(args.task, dataset_label_space(Path(args.data)), args.max_new_tokens)  # room for the answer
+    check_counts(args)
+    dataset_splits(args.data)
+    settings = run_settings(args)
+    space = dataset_label_space(Path(args.data))
+    try:
+        think_budget(args.task, space, args.max_new_tokens)  # room for the answer
+    except ValueError as exc:
+        raise ValueError(f"--max-new-tokens {args.max_new_tokens}: {exc}") from None
     rows = load_split(args.data, args.split, [args.task], args.max_samples, seed=0)  # checked before any writing
-    _check_label_space(args)
-    rows = rows.sort("id")
     part, total = parse_shard(args.shard)
-    rows = rows.select(range(part - 1, len(rows), total))
-    out = claim_output_dir(args.out, protect=[args.data, args.model, *([args.adapter] if args.adapter else [])],
-                           what="--out", kind="eval-run")  # fmt: skip
+    if part > len(rows):
+        raise ValueError(f"--shard {args.shard}: shard {part} of {args.data} [{args.split}] task {args.task} has no "
+                         f"sample (there are {len(rows)}); use at most {len(rows)} shards")  # fmt: skip
+    _check_label_space(args)
+    ids = list(rows["id"])
+    by_id = sorted(range(len(ids)), key=ids.__getitem__)  # not Dataset.sort, whose pyarrow warns on stderr
+    rows = rows.select(by_id[part - 1 :: total])
+    protect = [p for p in (args.data, args.model, args.adapter, *inputs_of(args)) if p and Path(p).exists()]
+    out = claim_output_dir(args.out, protect=protect, what="--out", kind="eval-run")
     check_same_run(out, settings)
-    done = read_predictions(out / PREDICTIONS, repair=True)
+    answers = out / PREDICTIONS
+    if answers.is_symlink() or (answers.exists() and answers.stat().st_nlink > 1):
+        raise ValueError(f"{answers}: a link to another file; answers are appended here, never to another file")
+    where = f"{args.data} [{args.split}] task {args.task} shard {part}/{total}"
+    done = read_predictions(out / PREDICTIONS, repair=True, task=args.task, labels=label_space(space),
+                            ids=set(rows["id"]), ids_from=where)  # fmt: skip
     todo = rows.filter(lambda sample: sample not in done, input_columns="id") if done else rows
     print(f"{len(rows)} samples in {args.data} [{args.split}] task {args.task}, shard {part}/{total}: "
           f"{len(done)} answered before, {len(todo)} to go", file=sys.stderr, flush=True)  # fmt: skip
     if len(todo):
         _answer(args, todo)
     return 0
+
+
+def inputs_of(args) -> list[str]:
+    """The challenge-file inputs named on the command line (a sample file, an annotation folder, a split file)."""
+    return [p for p in (getattr(args, k, None) for k in ("sample", "frames_from", "reference")) if p]
 
 
 def _answer(args, todo) -> None:

@@ -40,10 +40,10 @@ def test_deltas_equal_the_metrics_difference_and_identical_runs_differ_by_zero(a
     assert all(r["delta"] == 0 and r["delta_ci"] == [0.0, 0.0] for r in same.values())
 
 
-def _run_folder(folder: Path, data: Path, split: str, predictions: dict) -> Path:
+def _run_folder(folder: Path, data: Path, split: str, predictions: dict, max_samples: int | None = None) -> Path:
     folder.mkdir()
     settings = {"data": str(data.resolve()), "split": split, "task": "expr", "model": "m", "adapter": None,
-                "shard": "1/1", "max_new_tokens": 64, "max_samples": None}  # fmt: skip
+                "shard": "1/1", "max_new_tokens": 64, "max_samples": max_samples}  # fmt: skip
     (folder / RUN_FILE).write_text(json.dumps(settings))
     appender = Appender(folder / PREDICTIONS)
     for sample, record in predictions.items():
@@ -60,6 +60,6 @@ def test_the_command_prints_the_table_and_refuses_runs_on_other_samples(abaw_exp
     done = subprocess.run([cli, "eval", "compare", str(a), str(b)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "| sample macro_f1 |" in done.stdout and "| frame expr_macro_f1 |" in done.stdout
-    other = _run_folder(tmp_path / "c", abaw_expr_data, "train", {})
+    other = _run_folder(tmp_path / "c", abaw_expr_data, "validation", {}, max_samples=3)
     done = subprocess.run([cli, "eval", "compare", str(a), str(other)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "split='train'" in done.stderr and "Traceback" not in done.stderr
+    assert done.returncode == 1 and "max_samples=3" in done.stderr and "Traceback" not in done.stderr

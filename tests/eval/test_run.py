@@ -151,11 +151,14 @@ def test_a_torn_last_line_is_dropped_and_a_damaged_one_named(tmp_path):
     assert list(read_predictions(path, repair=True)) == ["a"]
     assert path.read_text() == '{"id": "a", "ok": true}\n'
     path.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
-    with pytest.raises(ValueError, match=f"{PREDICTIONS}:2: not a prediction line"):
+    with pytest.raises(ValueError, match=f"{PREDICTIONS}:2: not JSON"):
         read_predictions(path)
     path.write_text('{"id": "a"}\n{"id": "a"}\n')
-    with pytest.raises(ValueError, match=":2: id 'a' appears twice"):
+    with pytest.raises(ValueError, match=':2: id: "a" appears twice \\(first at line 1\\)'):
         read_predictions(path)
+    path.write_text('{"id": "a", "ok": true}\n{"id": "b", "ok": true}')  # a whole last line without its newline
+    assert list(read_predictions(path, repair=True)) == ["a", "b"]
+    assert path.read_text().endswith("}\n")
 
 
 def test_answer_logprob_sums_the_answer_tokens_only():

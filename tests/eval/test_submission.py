@@ -80,14 +80,14 @@ def test_a_sample_files_order_and_frames_are_followed_and_missing_ones_filled(ru
 def test_bad_files_are_refused_naming_the_line(abaw_expr_data, tmp_path):
     header = "image_location," + ",".join(LABELS) + "\n"
     bad = tmp_path / "bad.txt"
-    for body, message in (("vid0/00001.jpg,9\n", ":2: not a valid EXPR prediction"),
-                          ("vid0/00001.jpg,1\nvid0/00001.jpg,2\n", ":3: vid0/00001.jpg appears twice"),
-                          ("vid0/1.png,1\n", ":2: expected <video>/<frame>.jpg")):  # fmt: skip
+    for body, message in (("vid0/00001.jpg,9\n", ":2: expression: not a valid EXPR prediction"),
+                          ("vid0/00001.jpg,1\nvid0/00001.jpg,2\n", ":3: image_location: vid0/00001.jpg appears twice"),
+                          ("vid0/1.png,1\n", ":2: image_location: expected <video>/<frame>.jpg")):  # fmt: skip
         bad.write_text(header + body)
         with pytest.raises(ValueError, match=message):
             read_abaw(bad, "expr")
     bad.write_text("image,Neutral\n")
-    with pytest.raises(ValueError, match=":1: the header must be"):
+    with pytest.raises(ValueError, match=":1: header: must be"):
         read_abaw(bad, "expr")
     bad.write_text(header + "".join(f"vid0/{i:05d}.jpg,0\n" for i in range(1, 40)))
     with pytest.raises(ValueError, match="1 frames of vid0 have no line \\(first: vid0/00040.jpg\\)"):
