@@ -91,12 +91,27 @@ def _check_writable(folder: Path, what: str) -> None:
         raise OutputRefusedError(f"{folder}: {what} is not writable")
 
 
+def _small_text(path: Path, limit: int = 1 << 20) -> str | None:
+    """A marker or ledger of ours: a regular file of at most `limit` bytes (anything else planted there is
+    ignored, never read whole)."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO planted there does not block the open
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        data = f.read(limit + 1)
+    return data.decode("utf-8", errors="replace") if len(data) <= limit else None
+
+
 def marker_kind(folder: Path) -> str | None:
     """The kind of output an emoreason folder holds ("dataset", "train-run", ...); None for markers written before
     kinds were recorded."""
-    try:
-        text = (folder / MARKER).read_text(encoding="utf-8", errors="replace")
-    except OSError:
+    text = _small_text(folder / MARKER)
+    if text is None:
         return None
     return next((line[5:].strip() for line in text.splitlines() if line.startswith("kind:")), None)
 
@@ -153,8 +168,8 @@ def _ledger(folder: Path) -> dict:
     import json
 
     try:
-        data = json.loads((folder / LEDGER).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = json.loads(_small_text(folder / LEDGER) or "{}")
+    except (ValueError, RecursionError):
         return {}
     return data if isinstance(data, dict) else {}
 

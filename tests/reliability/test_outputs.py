@@ -99,3 +99,47 @@ def test_outputs_get_ordinary_permissions(tmp_path):
     os.umask(mask)
     assert (out / "a.json").stat().st_mode & 0o777 == 0o666 & ~mask
     assert (out / "d").stat().st_mode & 0o777 == 0o777 & ~mask
+
+
+def test_planted_markers_and_ledgers_are_never_read_whole_or_blocked_on(tmp_path):
+    from mllm.outputs import LEDGER, claim_output_file, marker_kind
+
+    out = claim_output_dir(tmp_path / "run", kind="eval-run")
+    (out / MARKER).unlink()
+    os.mkfifo(out / MARKER)  # a FIFO would block a plain open()
+    assert marker_kind(out) is None
+    (tmp_path / "files").mkdir()
+    with open(tmp_path / "files" / LEDGER, "wb") as f:
+        f.truncate(64 * 1024 * 1024)  # 64 MB (sparse): over the bound, ignored
+    (tmp_path / "files" / "sub.csv").write_text("a,b\n")
+    with pytest.raises(OutputRefusedError, match="not written by emoreason"):
+        claim_output_file(tmp_path / "files" / "sub.csv")
+
+
+def test_a_folder_of_another_kind_of_output_is_refused(tmp_path):
+    claim_output_dir(tmp_path / "data", kind="dataset")
+    with pytest.raises(OutputRefusedError, match="another kind"):
+        claim_output_dir(tmp_path / "data", kind="train-run")
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+    with pytest.raises(OutputRefusedError, match="another kind"):
+        claim_output_dir(tmp_path / "link", kind="eval-run")
+    assert claim_output_dir(tmp_path / "data", kind="dataset") == (tmp_path / "data").resolve()
+
+
+def test_a_single_output_file_is_replaced_only_while_it_is_ours_and_unchanged(tmp_path):
+    from mllm.outputs import claim_output_file, write_output_file
+
+    user = tmp_path / "user.csv"
+    user.write_text("theirs\n")
+    for target, protect in ((user, ()), (tmp_path / "in.csv", [tmp_path / "in.csv"])):
+        with pytest.raises(OutputRefusedError):
+            claim_output_file(target, protect=protect)
+    with pytest.raises(OutputRefusedError, match="inside the input folder"):
+        claim_output_file(tmp_path / "data" / "new.csv", protect=[tmp_path])
+    ours = claim_output_file(tmp_path / "out" / "sub.csv")
+    write_output_file(ours, "a\n")
+    write_output_file(claim_output_file(ours), "b\n")  # ours and unchanged: replaced
+    ours.write_text("edited by hand\n")
+    with pytest.raises(OutputRefusedError, match="changed since"):
+        claim_output_file(ours)
+    assert user.read_text() == "theirs\n" and ours.read_text() == "edited by hand\n"
