@@ -539,7 +539,7 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
                 async with asyncio.timeout_at(deadline):
                     async for delta in deltas():
                         tally.add(delta)
-                        if delta.text:
+                        if delta.text or delta.token_logprobs:  # a token that decodes to nothing keeps its logprob
                             yield chunk({"content": delta.text}, logprobs=_Tally.logprobs_of([delta]))
                 yield chunk({}, _finish(tally.finish), emoreason=engine.parse(tally.text, task, model_name))
                 usage = tally.usage()
