@@ -8,7 +8,10 @@
     emoreason eval score --task abaw_expr --predictions predictions.txt --annotations .../Validation_Set
 
 `run` answers (resumable, `eval.run`) and then scores: `metrics.json`, `report.md`, `confusion_matrix.png`,
-`per_class_f1.png` in the run folder (`eval.report`). A shard (`--shard I/N`) is scored when merged.
+`per_class_f1.png` in the run folder (`eval.report`). A shard (`--shard I/N`) is scored when merged. The summary on
+stdout says over how many classes the expression macro F1 averages and how many of them are in the truth, and
+names the first answer that did not parse (more in report.md, the model's text escaped). The confusion matrix
+leaves out the classes in neither truth nor predictions, naming them, unless `--all-classes`.
 
 Bad input: every file a command reads is checked before any work or output (`eval.files`: line by line, each
 line bounded, a problem named `FILE:LINE: field: reason`); outputs are claimed first (`mllm.outputs`: a run folder
@@ -31,7 +34,7 @@ HELP = (
 MAX_SMOOTH = 1001  # frames (33 s at 30 fps); each frame's vote reads the whole window
 
 
-def _report(out: Path, settings: dict, window: int) -> dict:
+def _report(out: Path, settings: dict, window: int, all_classes: bool = False) -> dict:
     from eval.report import evaluate, write_report
     from eval.run import PREDICTIONS, rows_and_predictions
 
@@ -41,21 +44,35 @@ def _report(out: Path, settings: dict, window: int) -> dict:
         raise ValueError(f"{out / PREDICTIONS}: {result['answered']} of {result['samples']} samples answered, "
                          f"{result['parse_failures']} did not parse, {result['unreadable_media']} unreadable: no "
                          f"{settings['task']} metric can be computed from them; nothing scored")  # fmt: skip
-    write_report(out, result, extra, settings)
-    for line in _summary(result):
+    write_report(out, result, extra, settings, all_classes)
+    for line in _summary(result, extra):
         print(line)
     return result
 
 
-def _summary(result: dict) -> list[str]:
+def _summary(result: dict, extra: dict) -> list[str]:
+    """What `eval run|merge|report` print: counts, each level's scores (the expression macro F1 with the classes it
+    averages over, `eval.report.macro_f1_text`), and the first answer that did not parse, its text escaped."""
+    from eval.report import macro_f1_text
+    from serve.analyze import printable
+
     lines = [
         f"{result['answered']}/{result['samples']} answered, parse failures {result['parse_failures']}, "
         f"unreadable media {result['unreadable_media']}"
     ]
     for level in ("frame_level", "sample_level", "faithfulness"):
-        shown = ", ".join(f"{k} {v:.4f}" for k, v in result[level].items() if isinstance(v, float))
+        values = result[level]
+        shown = ", ".join(
+            macro_f1_text(values, extra.get("confusion")) if k == "macro_f1" and "macro_f1_classes" in values
+            else f"{k} {v:.4f}"
+            for k, v in values.items() if isinstance(v, float)
+        )  # fmt: skip
         if shown:
             lines.append(f"{level.replace('_', ' ')}: {shown}")
+    if extra.get("failures"):
+        sample, record = extra["failures"][0]
+        lines.append(printable(f"first answer that did not parse: {sample}: {record.get('error')}: "
+                               f"{record.get('message', '')} (more in report.md)"))  # fmt: skip
     return lines
 
 
@@ -111,7 +128,7 @@ def _merge(args) -> int:
     with atomic_path(out / PREDICTIONS) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for sample in sorted(merged):
             f.write(json.dumps(merged[sample], ensure_ascii=False) + "\n")
-    _report(out, settings, args.smooth)
+    _report(out, settings, args.smooth, args.all_classes)
     return 0
 
 
@@ -176,42 +193,70 @@ def _score(args) -> int:
     return 0
 
 
+class _HelpWithDefaults(argparse.HelpFormatter):
+    """Each option's help ends with its default where it has one to say (not None, not a flag's False)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if not action.option_strings or action.default in (None, False, argparse.SUPPRESS) or "default" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+SMOOTH_HELP = "frames in the majority window over each frame's answers, odd; 1 is none"
+ALL_CLASSES_HELP = ("draw every class of the label space in confusion_matrix.png (by default the classes in neither "
+                    "truth nor predictions are left out, and named)")  # fmt: skip
+SAMPLE_HELP = "ABAW: the organisers' sample file (its frames, in its order)"
+FRAMES_FROM_HELP = "ABAW: the annotation folder (<video>.txt) listing the frames"
+REFERENCE_HELP = "BAH: the split file (video_path,label,transcript)"
+
+
 def add_arguments(parser) -> None:
     from eval import run as run_module
 
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-    p = sub.add_parser("run", help="answer a dataset split through the engine, then score it")
+
+    def command(name: str, text: str):
+        return sub.add_parser(name, help=text, description=text, formatter_class=_HelpWithDefaults)
+
+    p = command("run", "answer a dataset split through the engine, then score it")
     run_module.add_arguments(p)
-    p.add_argument("--smooth", type=int, default=1, help="frames in the smoothing window (odd; 1: none)")
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help=SMOOTH_HELP)
+    p.add_argument("--all-classes", action="store_true", help=ALL_CLASSES_HELP)
     p.add_argument("--submission", default=None, metavar="FILE", help="also write the challenge file (see submit)")
-    p.add_argument("--sample", default=None, help="ABAW: the organisers' sample file (its frames, in its order)")
-    p.add_argument("--frames-from", default=None, help="ABAW: the annotation folder (<video>.txt) listing the frames")
-    p.add_argument("--reference", default=None, help="BAH: the split file (video_path,label,transcript)")
-    p = sub.add_parser("merge", help="join the shards of one run and score them")
-    p.add_argument("runs", nargs="+", help="the shards' run folders")
-    p.add_argument("--out", required=True)
-    p.add_argument("--smooth", type=int, default=1)
-    p = sub.add_parser("compare", help="metric differences between two runs, with paired bootstrap intervals")
-    p.add_argument("run_a")
-    p.add_argument("run_b")
-    p.add_argument("--smooth", type=int, default=1)
-    p = sub.add_parser("submit", help="write a run's answers as the challenge's prediction file")
-    p.add_argument("run_dir")
-    p.add_argument("--out", required=True, help="the prediction file to write (new, or one written by this command)")
-    p.add_argument("--sample", default=None, help="ABAW: the organisers' sample file (its frames, in its order)")
-    p.add_argument("--frames-from", default=None, help="ABAW: the annotation folder (<video>.txt) listing the frames")
-    p.add_argument("--reference", default=None, help="BAH: the split file (video_path,label,transcript)")
-    p.add_argument("--smooth", type=int, default=1)
-    p = sub.add_parser("score", help="score a challenge prediction file (ours or anyone's) against the annotations")
-    p.add_argument("--task", required=True, choices=["abaw_expr", "abaw_au", "abaw_va", "bah"])
-    p.add_argument("--predictions", required=True)
-    p.add_argument("--annotations", required=True, help="ABAW: the <video>.txt folder; BAH: the split file")
-    p.add_argument("--smooth", type=int, default=1, help=argparse.SUPPRESS)
-    p = sub.add_parser("report", help="score a run folder again (for example with smoothing)")
+    p.add_argument("--sample", default=None, metavar="FILE", help=SAMPLE_HELP)
+    p.add_argument("--frames-from", default=None, metavar="DIR", help=FRAMES_FROM_HELP)
+    p.add_argument("--reference", default=None, metavar="FILE", help=REFERENCE_HELP)
+    p = command("merge", "join the shards of one run and score them")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="the shards' run folders (`eval run --shard I/N`)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the merged run folder (new, or this merge's)")
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help=SMOOTH_HELP)
+    p.add_argument("--all-classes", action="store_true", help=ALL_CLASSES_HELP)
+    p = command("compare", "metric differences between two runs, with paired bootstrap intervals")
+    p.add_argument("run_a", help="run folder A, the baseline")
+    p.add_argument("run_b", help="run folder B, compared with A on the same samples")
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help=SMOOTH_HELP)
+    p = command("submit", "write a run's answers as the challenge's prediction file")
     p.add_argument("run_dir", help="an `eval run` or `eval merge` folder")
-    p.add_argument("--smooth", type=int, default=1)
+    p.add_argument("--out", required=True, metavar="FILE",
+                   help="the prediction file to write (new, or one written by this command)")  # fmt: skip
+    p.add_argument("--sample", default=None, metavar="FILE", help=SAMPLE_HELP)
+    p.add_argument("--frames-from", default=None, metavar="DIR", help=FRAMES_FROM_HELP)
+    p.add_argument("--reference", default=None, metavar="FILE", help=REFERENCE_HELP)
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help=SMOOTH_HELP)
+    p = command("score", "score a challenge prediction file (ours or anyone's) against the annotations")
+    p.add_argument("--task", required=True, choices=["abaw_expr", "abaw_au", "abaw_va", "bah"],
+                   help="the challenge and task the file answers")  # fmt: skip
+    p.add_argument("--predictions", required=True, metavar="FILE", help="the prediction file to score")
+    p.add_argument("--annotations", required=True, metavar="PATH",
+                   help="ABAW: the <video>.txt folder; BAH: the split file")  # fmt: skip
+    p.add_argument("--smooth", type=int, default=1, help=argparse.SUPPRESS)
+    p = command("report", "score a run folder again (for example with smoothing)")
+    p.add_argument("run_dir", help="an `eval run` or `eval merge` folder")
+    p.add_argument("--smooth", type=int, default=1, metavar="N", help=SMOOTH_HELP)
+    p.add_argument("--all-classes", action="store_true", help=ALL_CLASSES_HELP)
     for action in sub.choices.values():
-        action.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+        action.add_argument("--verbose", action="store_true", help="show the traceback of an error, not just one line")
 
 
 def run(args) -> int:
@@ -237,7 +282,7 @@ def run(args) -> int:
 
         settings = load_run(args.run_dir)
         claim_output_dir(args.run_dir, protect=_run_inputs(settings), what="the run folder", kind="eval-run")
-        _report(Path(args.run_dir), settings, args.smooth)
+        _report(Path(args.run_dir), settings, args.smooth, args.all_classes)
         return 0
     from eval import run as run_module
 
@@ -250,7 +295,7 @@ def run(args) -> int:
                                                       *run_module.inputs_of(args)])  # fmt: skip
     code = run_module.run(args)
     if code == 0 and run_module.parse_shard(args.shard) == (1, 1):
-        result = _report(Path(args.out), run_module.run_settings(args), args.smooth)
+        result = _report(Path(args.out), run_module.run_settings(args), args.smooth, args.all_classes)
         if args.submission:
             args.run_dir, args.out = args.out, args.submission
             code = _submit(args)

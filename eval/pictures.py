@@ -3,38 +3,84 @@
 from __future__ import annotations
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
-BACKGROUND, INK, GRID = (255, 255, 255), (20, 20, 20), (200, 200, 200)
-
-
-def _text(draw: ImageDraw.ImageDraw, xy, text: str, fill=INK, anchor: str = "la") -> None:
-    draw.text(xy, text, fill=fill, anchor=anchor)
+BACKGROUND, INK, GRID, WHITE = (255, 255, 255), (20, 20, 20), (200, 200, 200), (255, 255, 255)
+FAINT = (150, 150, 150)  # a zero count: nothing to read, so it recedes
 
 
-def confusion_matrix_picture(matrix: np.ndarray, labels: list[str], title: str) -> Image.Image:
-    """Rows: true class; columns: predicted. Each cell shows its count and is shaded by the row's share (recall
-    on the diagonal), so rare classes read as clearly as common ones."""
+def _text(draw: ImageDraw.ImageDraw, xy, text: str, fill=INK, anchor: str = "la", font=None) -> None:
+    draw.text(xy, text, fill=fill, anchor=anchor, font=font)
+
+
+def luminance(rgb) -> float:
+    """Relative luminance of an sRGB colour (WCAG 2): 0 for black, 1 for white."""
+    linear = [c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4 for c in (v / 255 for v in rgb[:3])]
+    return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+
+def ink_on(fill) -> tuple[int, int, int]:
+    """The text colour that reads on a cell of colour `fill`: white on dark, near-black on light, whichever has the
+    larger contrast ratio (WCAG)."""
+    lum = luminance(fill)
+    on_white, on_ink = (1.05) / (lum + 0.05), (lum + 0.05) / (luminance(INK) + 0.05)
+    return WHITE if on_white > on_ink else INK
+
+
+def shown_classes(matrix: np.ndarray, labels: list[str], all_classes: bool = False) -> tuple[list[int], list[str]]:
+    """(indices of the classes a confusion matrix draws, names of those left out). Left out unless `all_classes`:
+    the classes in neither the truth (row) nor the predictions (column), whose empty row and column would take
+    most of the picture when a split holds few of the label space's classes."""
     n = len(labels)
-    cell, left, top = 64, 110, 60
-    image = Image.new("RGB", (left + n * cell + 20, top + n * cell + 90), BACKGROUND)
+    used = (matrix[:n, :n].sum(axis=1) > 0) | (matrix[:n, :n].sum(axis=0) > 0)
+    if all_classes or not used.any():
+        return list(range(n)), []
+    return [i for i in range(n) if used[i]], [labels[i] for i in range(n) if not used[i]]
+
+
+def confusion_matrix_picture(matrix: np.ndarray, labels: list[str], title: str,
+                             all_classes: bool = False) -> Image.Image:  # fmt: skip
+    """Rows: true class; columns: predicted. Each cell shows its count and is shaded by the row's share (recall
+    on the diagonal), so rare classes read as clearly as common ones; its text is white on dark cells. Classes
+    in neither truth nor predictions are left out (named under the grid) unless `all_classes`."""
+    keep, left_out = shown_classes(matrix, labels, all_classes)
+    matrix = matrix[np.ix_(keep, keep)]
+    names = [labels[i] for i in keep]
+    count_font, share_font, font = (ImageFont.load_default(size) for size in (15, 12, 13))
+    n = len(names)
+    cell, top = 72, 64
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    left = 24 + max(measure.textlength(name[:14], font=font) for name in names)
+    footer = ["rows: true class; columns: predicted; shade: share of the row"]
+    if left_out:
+        footer += [f"left out, in neither truth nor predictions: {', '.join(left_out)}",
+                   "(`eval report --all-classes` draws them)"]  # fmt: skip
+    width = max(left + n * cell + 20, 20 + max(measure.textlength(line, font=font) for line in footer))
+    image = Image.new("RGB", (int(width), top + n * cell + 40 + 20 * len(footer)), BACKGROUND)
     draw = ImageDraw.Draw(image)
-    _text(draw, (10, 10), title)
-    _text(draw, (left + n * cell / 2, top - 30), "predicted", anchor="ma")
+    _text(draw, (10, 10), title, font=font)
+    _text(draw, (left + n * cell / 2, top - 24), "predicted", anchor="ma", font=font)
     rows = matrix.sum(axis=1, keepdims=True)
     share = np.divide(matrix, rows, out=np.zeros_like(matrix, dtype=float), where=rows > 0)
     for i in range(n):
-        _text(draw, (left - 8, top + i * cell + cell / 2), labels[i][:13], anchor="rm")
+        _text(draw, (left - 8, top + i * cell + cell / 2), names[i][:14], anchor="rm", font=font)
         for j in range(n):
             shade = int(255 - 200 * share[i, j])
             colour = (shade, shade, 255) if i == j else (255, shade, shade)
             x0, y0 = left + j * cell, top + i * cell
             draw.rectangle([x0, y0, x0 + cell, y0 + cell], fill=colour, outline=GRID)
-            _text(draw, (x0 + cell / 2, y0 + cell / 2 - 6), str(int(matrix[i, j])), anchor="mm")
-            _text(draw, (x0 + cell / 2, y0 + cell / 2 + 8), f"{share[i, j]:.0%}", fill=(90, 90, 90), anchor="mm")
+            if matrix[i, j] == 0:
+                _text(draw, (x0 + cell / 2, y0 + cell / 2), "0", fill=FAINT, anchor="mm", font=share_font)
+                continue
+            ink = ink_on(colour)
+            _text(draw, (x0 + cell / 2, y0 + cell / 2 - 8), str(int(matrix[i, j])), fill=ink, anchor="mm",
+                  font=count_font)  # fmt: skip
+            _text(draw, (x0 + cell / 2, y0 + cell / 2 + 10), f"{share[i, j]:.0%}", fill=ink, anchor="mm",
+                  font=share_font)  # fmt: skip
     for j in range(n):
-        _text(draw, (left + j * cell + cell / 2, top + n * cell + 6), labels[j][:9], anchor="ma")
-    _text(draw, (left + n * cell / 2, top + n * cell + 30), "rows: true class; shade: share of the row", anchor="ma")
+        _text(draw, (left + j * cell + cell / 2, top + n * cell + 6), names[j][:10], anchor="ma", font=share_font)
+    for k, line in enumerate(footer):
+        _text(draw, (10, top + n * cell + 34 + 20 * k), line, fill=(90, 90, 90), font=font)
     return image
 
 

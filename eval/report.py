@@ -5,6 +5,7 @@ AU mean F1; VA CCC; ambivalence/hesitancy macro F1 and the positive class's aver
 the samples carry per-frame labels (ABAW clips, BAH frame segments): the clip answers mapped back to frames
 (`eval.frames`) and scored with the challenge's metric (`eval.metrics`). An answer that did not parse counts as
 wrong at sample level, and its frames take the nearest answered frame's value at frame level; both are counted.
+report.md shows the first few that did not parse, the model's text with control characters escaped.
 
 Explanation faithfulness, where samples have AU labels: precision and recall of the AUs cited in the reasoning
 against the labelled ones (pooled over samples), and the share of expression answers whose cited AUs support the
@@ -14,6 +15,7 @@ label under EMFACS (`mllm.scoring.supports`).
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,8 @@ from eval import metrics as m
 from mllm.labels import ABAW_AUS
 
 TIMELINES = 8  # videos drawn in timelines.png
+FAILURE_EXAMPLES = 3  # answers that did not parse, shown in report.md
+EXCERPT = (400, 200)  # characters of a completion shown: its start and its end
 
 
 def _au_vector(aus) -> np.ndarray:
@@ -157,6 +161,8 @@ def evaluate(rows, predictions: dict, task: str, label_space: str, window: int =
     sample, extra = sample_metrics(rows, predictions, task, labels)
     frames = frames_of(rows, predictions, task, labels, window)
     extra["frames"] = frames
+    unparsed = [i for i in failures if predictions[i].get("error") != "unreadable_media"]
+    extra["failures"] = [(i, predictions[i]) for i in unparsed[:FAILURE_EXAMPLES]]
     result = {
         "task": task,
         "label_space": label_space,
@@ -172,6 +178,47 @@ def evaluate(rows, predictions: dict, task: str, label_space: str, window: int =
         "fairness": fairness(rows, predictions, task, labels),
     }
     return result, extra
+
+
+def macro_f1_text(sample: dict, confusion: np.ndarray | None = None) -> str:
+    """The expression macro F1 with what it averages, for example `macro F1 0.3300 (mean over 8 classes: 3 in the
+    truth, 2 predicted only, 3 in neither)`: every class of the label space counts, and one not in the truth
+    scores 0. `confusion` (true x predicted counts) splits the classes not in the truth into predicted or not."""
+    n, present = sample["macro_f1_classes"], sample["classes_present"]
+    parts = [f"all {n} in the truth" if present == n else f"{present} in the truth"]
+    if present < n and confusion is not None:
+        in_truth, predicted = confusion[:n].sum(axis=1) > 0, confusion[:n, :n].sum(axis=0) > 0
+        only = int((predicted & ~in_truth).sum())
+        counts = {"predicted only": only, "in neither": n - present - only}
+        parts += [f"{count} {what}" for what, count in counts.items() if count]
+    elif present < n:
+        parts.append(f"{n - present} not in it")
+    return f"macro F1 {sample['macro_f1']:.4f} (mean over {n} classes: {', '.join(parts)})"
+
+
+def _excerpt(text: str) -> str:
+    head, tail = EXCERPT
+    if len(text) <= head + tail + 20:
+        return text
+    return f"{text[:head]}\n[... {len(text) - head - tail} characters ...]\n{text[-tail:]}"
+
+
+def _failure_lines(result: dict, failures: list) -> list[str]:
+    """The first answers that did not parse: id, the parser's verdict and the completion (cut), each in a fenced
+    block with control characters escaped (`serve.analyze.printable`), so neither a terminal showing report.md nor
+    a Markdown viewer acts on the model's text."""
+    from serve.analyze import printable
+
+    if not failures:
+        return []
+    lines = [f"### Answers that did not parse (first {len(failures)} of {result['parse_failures']})", ""]
+    for sample, record in failures:
+        text = "\n".join([f"id: {sample}", f"error: {record.get('error')}: {record.get('message', '')}",
+                          "completion:", _excerpt(record.get("completion") or "(not recorded)")])  # fmt: skip
+        text = printable(text)
+        fence = "`" * max(3, 1 + max(map(len, re.findall("`+", text)), default=0))  # longer than any run inside
+        lines += [fence + "text", text, fence, ""]
+    return lines
 
 
 def _table(title: str, values: dict) -> list[str]:
@@ -201,9 +248,10 @@ def _fairness_lines(fair: dict) -> list[str]:
     return lines
 
 
-def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[Path]:
-    """metrics.json, report.md and the pictures, each written under a temporary name and renamed into place."""
-    from eval.pictures import confusion_matrix_picture, f1_bars_picture, timelines_picture
+def write_report(out: Path, result: dict, extra: dict, settings: dict, all_classes: bool = False) -> list[Path]:
+    """metrics.json, report.md and the pictures, each written under a temporary name and renamed into place. The
+    confusion matrix leaves out the classes in neither truth nor predictions unless `all_classes`."""
+    from eval.pictures import confusion_matrix_picture, f1_bars_picture, shown_classes, timelines_picture
     from mllm.labels import label_space as labels_of
     from mllm.outputs import atomic_path, atomic_write_text
 
@@ -211,9 +259,12 @@ def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[P
     pictures = []
     if "confusion" in extra:
         labels = list(labels_of(result["label_space"]))
-        matrix = extra["confusion"]
-        picture = confusion_matrix_picture(matrix[:, : len(labels)], labels, f"{result['task']}: confusion (samples)")
-        pictures.append(("confusion_matrix.png", picture, "Confusion matrix (samples; unparsed answers left out)"))
+        matrix = extra["confusion"][:, : len(labels)]
+        picture = confusion_matrix_picture(matrix, labels, f"{result['task']}: confusion (samples)", all_classes)
+        _, left_out = shown_classes(matrix, labels, all_classes)
+        unused = f"; classes in neither truth nor predictions left out: {', '.join(left_out)}" if left_out else ""
+        pictures.append(("confusion_matrix.png", picture,
+                         f"Confusion matrix (samples; unparsed answers left out{unused})"))  # fmt: skip
     if "per_class_f1" in extra:
         picture = f1_bars_picture(extra["per_class_f1"], f"{result['task']}: F1 per class (samples)")
         pictures.append(("per_class_f1.png", picture, "F1 per class (samples)"))
@@ -239,8 +290,12 @@ def write_report(out: Path, result: dict, extra: dict, settings: dict) -> list[P
              ""]  # fmt: skip
     lines += _table("Frame level (the challenge's metric)", result["frame_level"])
     lines += _table("Sample level", result["sample_level"])
+    if "macro_f1_classes" in result["sample_level"]:
+        lines += [macro_f1_text(result["sample_level"], extra.get("confusion")) + "; a class not in the truth "
+                  "scores F1 0.", ""]  # fmt: skip
     lines += _table("Explanation faithfulness", result["faithfulness"])
     lines += _fairness_lines(result.get("fairness") or {})
+    lines += _failure_lines(result, extra.get("failures") or [])
     for name, _, caption in pictures:
         lines += [f"![{caption}]({name})", ""]
     atomic_write_text(out / "report.md", "\n".join(lines))

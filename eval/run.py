@@ -236,7 +236,10 @@ async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(concurrency, len(rows))))))
     if unreadable:
+        from serve.analyze import printable
+
         sample, message = unreadable[0]
+        message = printable(message)  # the media error may quote file names: shown escaped, like a model's text
         print(f"warning: {len(unreadable)} samples could not be read and count as wrong answers (their lines say "
               f"why; remove them from {PREDICTIONS} to retry); first: {sample}: {message}",
               file=sys.stderr)  # fmt: skip
@@ -362,17 +365,21 @@ def _answer(args, todo) -> None:
 def add_arguments(parser) -> None:
     from mllm.output import TASKS
 
-    parser.add_argument("--data", required=True, help="a dataset folder written by `emoreason data build`")
+    parser.add_argument("--data", required=True, metavar="DIR", help="a folder written by `emoreason data build`")
     parser.add_argument("--model", required=True, help="EmoReason model folder (training's output) or hub id")
-    parser.add_argument("--adapter", default=None, help="answer with this trained folder or LoRA adapter")
-    parser.add_argument("--split", default="validation")
-    parser.add_argument("--task", default="expr", choices=TASKS)
-    parser.add_argument("--out", required=True, help="new or empty folder, or an earlier run's to resume")
-    parser.add_argument("--shard", default=None, metavar="I/N", help="answer only the I-th of N disjoint parts")
-    parser.add_argument("--max-samples", type=int, default=None, help="a random subset of this size (seed 0)")
-    parser.add_argument("--max-new-tokens", type=int, default=512,
-                        help="tokens per answer; the reasoning gets what the answer leaves (default 512)")  # fmt: skip
-    parser.add_argument("--concurrency", type=int, default=64, help="requests in flight")
+    parser.add_argument("--adapter", default=None, metavar="DIR", help="answer with this trained folder or adapter")
+    parser.add_argument("--split", default="validation", help="the dataset split to answer")
+    parser.add_argument("--task", default="expr", choices=TASKS,
+                        help="expression, action units, valence/arousal or ambivalence/hesitancy")  # fmt: skip
+    parser.add_argument("--out", required=True, metavar="DIR", help="new or empty, or an earlier run's to resume")
+    parser.add_argument("--shard", default=None, metavar="I/N",
+                        help="answer only the I-th of N disjoint parts (default: all of the split)")  # fmt: skip
+    parser.add_argument("--max-samples", type=int, default=None, metavar="N",
+                        help="a random subset of this size, seed 0 (default: every sample)")  # fmt: skip
+    parser.add_argument("--max-new-tokens", type=int, default=512, metavar="N",
+                        help="tokens per answer; the reasoning gets what the answer leaves")  # fmt: skip
+    parser.add_argument("--concurrency", type=int, default=64, metavar="N", help="requests in flight")
     parser.add_argument("--dtype", default=None, help="vLLM dtype (default: as `serve`)")
     parser.add_argument("--enforce-eager", action="store_true", help="no compiled graphs (fast start)")
-    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--max-model-len", type=int, default=4096, metavar="N",
+                        help="vLLM's context length in tokens, prompt and answer together")  # fmt: skip

@@ -182,7 +182,7 @@ def test_a_sample_whose_media_cannot_be_read_is_recorded_and_the_run_goes_on(tmp
 
         async def stream(self, messages, **kw):
             if "broken" in messages[0]["content"][0]["video"]:
-                raise RequestError("/data/broken.mp4: truncated video")
+                raise RequestError("/data/broken\x1b[2J.mp4: truncated video")  # a hostile file name
             for piece in ("<think>x</think>", "<answer>", "Fear", "</answer>"):
                 yield Delta(piece, [1], None, [-0.25])
 
@@ -200,4 +200,5 @@ def test_a_sample_whose_media_cannot_be_read_is_recorded_and_the_run_goes_on(tmp
     assert records["s1"]["ok"] is False and records["s1"]["error"] == "unreadable_media"
     assert "truncated video" in records["s1"]["message"]
     assert records["s0"]["label"] == records["s2"]["label"] == "Fear" and records["s0"]["answer_logprob"] == -0.25
-    assert "1 samples could not be read" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "1 samples could not be read" in err and "broken\\x1b[2J.mp4" in err and "\x1b" not in err
