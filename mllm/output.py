@@ -58,11 +58,48 @@ QUESTIONS = {
 }
 
 
-def question(task: str, labels: tuple[str, ...] = ()) -> str:
+# Other wordings of each task's question, as people ask it (some name the labels, some do not). Training draws one
+# per sample (seeded) in place of the dataset's question, so a trained model understands more than one phrasing;
+# the dataset, `analyze`, the demo and evaluation keep the question above.
+PARAPHRASES = {
+    "expr": (
+        "Which facial expression does the person show?",
+        "What emotion is this person expressing? Think about the facial action units first, then choose one of: "
+        "{labels}.",
+        "How does this person feel? Reason from the face, then answer with one of {labels}.",
+        "Describe the active action units, then name the expression ({labels}).",
+        "What is the facial expression here?",
+        "Classify the expression of this face. Options: {labels}.",
+        "What emotion do you see?",
+    ),
+    "au": (
+        "Which action units are active in this face?",
+        "List the facial action units you can see, from: {labels}, or none.",
+        "Which AUs does the person activate? Explain, then list them ({labels}).",
+        "Describe the facial muscle movements as action units.",
+    ),
+    "va": (
+        "How positive or negative, and how calm or excited, does this person look?",
+        "Rate valence and arousal between -1 and 1.",
+        "Give the person's valence and arousal, each in [-1, 1], after explaining why.",
+        "Estimate the emotional valence and arousal of this person.",
+    ),
+    "ah": (
+        "Does this person seem ambivalent or hesitant?",
+        "Is there hesitancy or ambivalence in how this person speaks and looks?",
+        "Tell me whether ambivalence or hesitancy is present, from face, voice and words.",
+        "Is the person unsure or torn about what they say?",
+    ),
+}
+
+
+def question(task: str, labels: tuple[str, ...] = (), variant: int | None = None) -> str:
     """The question asked for a task, worded once: the data builders write it into training prompts, and
-    `emoreason analyze` and the demo ask it at inference, so the model is never asked otherwise than it was taught."""
+    `emoreason analyze` and the demo ask it at inference. `variant` k picks the k-th of `PARAPHRASES[task]`
+    instead (training varies the wording so that the model understands questions asked in other words)."""
     _check_task(task)
-    return QUESTIONS[task].format(labels=", ".join(labels or (ABAW_AUS if task == "au" else ())))
+    text = QUESTIONS[task] if variant is None else PARAPHRASES[task][variant % len(PARAPHRASES[task])]
+    return text.format(labels=", ".join(labels or (ABAW_AUS if task == "au" else ())))
 
 
 def format_answer(task: str, value, labels: tuple[str, ...] | None = None) -> str:

@@ -421,6 +421,7 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
         try:
             model_name = engine.served_name(req.model)
             params = engine.constrain(req.to_sampling_params(max_tokens, {}), task, model_name)
+            messages = engine.with_question(messages, task, model_name)  # media alone: the task's own question
         except RequestError as exc:
             raise HTTPRefusal(exc.status, str(exc), exc.code, exc.param) from None
         except (ValueError, TypeError, VLLMValidationError) as exc:  # vLLM's own checks of the sampling fields

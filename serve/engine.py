@@ -480,6 +480,28 @@ class Engine:
         """The served name a request's `model` picks (the main model when none is named)."""
         return self._served(model).name
 
+    def with_question(self, messages: list, task: str | None, model: str | None = None) -> list:
+        """`messages` with the task's own question added to the last user turn when a task is named and no user
+        turn asks anything in words (media alone): a request need not repeat the instruction."""
+        from mllm.labels import label_space
+        from mllm.output import question
+
+        if task not in TASKS or not isinstance(messages, list):
+            return messages
+        users = [m for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        asked = any(
+            (isinstance(m.get("content"), str) and m["content"].strip())
+            or (isinstance(m.get("content"), list) and any(isinstance(p, dict) and p.get("type") == "text"
+                                                           and str(p.get("text", "")).strip() for p in m["content"]))
+            for m in users
+        )  # fmt: skip
+        if asked or not users or not isinstance(users[-1].get("content"), list):
+            return messages
+        labels = label_space(self._served(model).label_space) if task == "expr" else ()
+        last = users[-1]
+        extended = {**last, "content": [*last["content"], {"type": "text", "text": question(task, labels)}]}
+        return [extended if m is last else m for m in messages]
+
     def parse(self, text: str, task: str | None, model: str | None = None) -> dict:
         return parsed_result(text, task, self._served(model).label_space)
 

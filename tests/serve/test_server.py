@@ -234,3 +234,20 @@ def test_remote_media_fetched_only_when_allowed(tmp_path):
     for escape in (inside / "escape.png", inside / ".." / "ok.png", "/etc/passwd", "relative.png"):
         with pytest.raises(MediaNotAllowedError, match="not allowed"):
             access.local(str(escape))
+
+
+def test_a_request_naming_a_task_without_words_is_asked_the_tasks_own_question(client):
+    from mllm.output import question
+
+    image = {"type": "image_url", "image_url": {"url": _crops(1)[0]}}
+    asked = [
+        {"role": "user", "content": [image, {"type": "text", "text": question("expr", label_space("abaw_expr"))}]}
+    ]
+    bare = [{"role": "user", "content": [image]}]
+    answers = [client.chat.completions.create(model="emoreason", messages=m, max_tokens=24, temperature=0,
+                                              extra_body={"task": "expr"}) for m in (asked, bare)]  # fmt: skip
+    assert answers[0].usage.prompt_tokens == answers[1].usage.prompt_tokens
+    assert answers[0].choices[0].message.content == answers[1].choices[0].message.content
+    # Without a task nothing is added: the prompt is shorter.
+    plain = client.chat.completions.create(model="emoreason", messages=bare, max_tokens=4, temperature=0)
+    assert plain.usage.prompt_tokens < answers[1].usage.prompt_tokens
