@@ -336,29 +336,33 @@ def _answer(args, todo) -> None:
 
     from mllm.predict import stdout_to_stderr
     from serve.engine import Engine
+    from serve.startup import StartupLog
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
     out = Path(args.out)
     adapters = {"adapter": args.adapter} if args.adapter else None
+    # One status line per start-up phase; vLLM's output in a log file unless --verbose (serve.startup).
+    log = StartupLog("eval run", verbose=args.verbose or getattr(args, "verbose_top", False)).start()
     with stdout_to_stderr():
         engine = Engine(args.model, adapters, dtype=args.dtype, enforce_eager=args.enforce_eager or None,
-                        max_model_len=args.max_model_len)  # fmt: skip
+                        max_model_len=args.max_model_len, status=log.phase)  # fmt: skip
     appender = Appender(out / PREDICTIONS)
-    progress = tqdm(total=len(todo), unit="sample", desc="eval", file=sys.stderr, smoothing=0.1)
 
     async def main():
         await engine.start()
+        log.phase(f"answering {len(todo)} samples")
+        progress = tqdm(total=len(todo), unit="sample", desc="eval", file=sys.stderr, smoothing=0.1)
         try:
             await answer_rows(engine, todo, args.task, "adapter" if args.adapter else None, args.max_new_tokens,
                               appender, args.concurrency, progress)  # fmt: skip
         finally:
+            progress.close()
             await engine.shutdown()
 
     try:
         with stdout_to_stderr():  # vLLM's processes inherit the descriptor: stdout stays for the scores
             asyncio.run(main())
     finally:
-        progress.close()
         appender.close()
 
 

@@ -34,10 +34,13 @@ class StartupLog:
         self.started = time.monotonic()
         self.path: Path | None = None
 
-    def __enter__(self) -> StartupLog:
+    def start(self) -> StartupLog:
+        """Send the libraries' output to the log (unless verbose) until the process exits."""
         if not self.verbose:
             self._redirect()
         return self
+
+    __enter__ = start
 
     def __exit__(self, *exc) -> None:
         sys.stdout.flush()
