@@ -34,9 +34,20 @@ def model_copy(tiny_dir, tmp_path):
 def test_several_files_answered_in_order_with_overlays(model_copy, astronaut_png, video_with_audio, tmp_path):
     wav = synthetic.write_audio(tmp_path / "speech.wav", synthetic.speech_or_tone("Well, maybe.", 1.5, 440))
     media = [astronaut_png, video_with_audio, wav]
-    out = _run(*media, "--model", model_copy, "--json", "--overlay", tmp_path / "ov", "--dtype", "float32")
+    cache = tmp_path / "cache"
+    out = _run(*media, "--model", model_copy, "--json", "--overlay", tmp_path / "ov", "--dtype", "float32",
+               env={"EMOREASON_CACHE": str(cache)})  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
     results = [json.loads(line) for line in out.stdout.splitlines()]  # stdout is the results alone
+    # stderr: one status line per phase (with elapsed time) and the overlays written; nothing of vLLM's, no
+    # warning at exit. vLLM's output is in the log file the first line names.
+    lines = out.stderr.splitlines()
+    assert all(line.startswith(("emoreason analyze: [", "overlay: ")) for line in lines), out.stderr[-3000:]
+    phases = [line.split("] ", 1)[1] for line in lines if line.startswith("emoreason analyze: [")]
+    assert phases[0].startswith("loading the model") and phases[-1] == "answering"
+    assert any(p.startswith("starting vLLM") for p in phases)
+    log = next((cache / "logs").glob("analyze-*.log"))
+    assert str(log) in lines[0] and "EngineCore" in log.read_text()
     assert [r["media"] for r in results] == [str(m) for m in media]
     for r in results:
         assert r["ok"] and r["task"] == "expr" and r["label"] in label_space("abaw_expr")
