@@ -8,6 +8,7 @@ degrees either way, HOG upsampled, dlib's CNN) and the iBUG shape predictor, all
 
 from __future__ import annotations
 
+import threading
 import time
 import warnings
 from collections import Counter
@@ -101,6 +102,11 @@ class Detection:
     score: float
     stage: str
     roll: float = 0.0
+
+
+# dlib's detectors and predictor are shared by every thread, and dlib runs them without Python's lock: two threads
+# in one of them at once corrupt its memory (the server renders requests side by side). Each call holds this.
+DLIB_LOCK = threading.Lock()
 
 
 @cache
@@ -218,12 +224,15 @@ class FaceDetector:
         min_score, upsample = self.settings.min_score, self.settings.upsample
         if name in ("hog", "upsampled"):
             steps = upsample + (name == "upsampled")
-            rects, scores, _ = self._detector.run(small, steps, min_score)
+            with DLIB_LOCK:
+                rects, scores, _ = self._detector.run(small, steps, min_score)
             return [Detection(_rect_box(r) / scale, float(s), name) for r, s in zip(rects, scores, strict=True)]
         if name == "rotated":
             for degrees in rotations:
                 matrix, size = geometry.rotation_canvas(small.shape[1], small.shape[0], degrees)
-                rects, scores, _ = self._detector.run(geometry.warp(small, matrix, size), upsample, min_score)
+                canvas = geometry.warp(small, matrix, size)
+                with DLIB_LOCK:
+                    rects, scores, _ = self._detector.run(canvas, upsample, min_score)
                 back = geometry.invert(matrix)
                 # Turning the frame by `degrees` made the face upright: its own tilt is the opposite.
                 hits = [
@@ -242,7 +251,9 @@ class FaceDetector:
             return []
         # The CNN: on a copy of at most CNN_MAX_PIXELS; its boxes mapped to where HOG would put them.
         cnn_scale = min(1.0, np.sqrt(CNN_MAX_PIXELS / max(1, small.shape[0] * small.shape[1])))
-        hits = _cnn_model()(_resize(small, cnn_scale), upsample)
+        resized = _resize(small, cnn_scale)
+        with DLIB_LOCK:
+            hits = _cnn_model()(resized, upsample)
         found = []
         for hit in hits:
             if hit.confidence < min_score:
@@ -285,7 +296,9 @@ class FaceDetector:
             cx0, cy0 = max(0, x0 - margin), max(0, y0 - margin)
             region = np.ascontiguousarray(rgb[cy0 : min(height, y1 + margin), cx0 : min(width, x1 + margin)])
             rect = self._dlib.rectangle(x0 - cx0, y0 - cy0, x1 - cx0 - 1, y1 - cy0 - 1)
-            return self._points(self._predictor(region, rect)) + np.array([cx0, cy0], np.float32)
+            with DLIB_LOCK:
+                shape = self._predictor(region, rect)
+            return self._points(shape) + np.array([cx0, cy0], np.float32)
         centre = (np.asarray(box[:2], np.float64) + box[2:]) / 2
         size = np.maximum(np.asarray(box[2:], np.float64) - box[:2], 1.0)
         zoom = min(1.0, 320.0 / size.max())  # the predictor needs no more than about 300 px of face
@@ -306,7 +319,9 @@ class FaceDetector:
         patch = geometry.warp(region, geometry.compose(to_patch, np.array([[1.0, 0, x0], [0, 1.0, y0]])), (side, side))
         lo, hi = side / 2 - zoom * size / 2, side / 2 + zoom * size / 2
         rect = self._dlib.rectangle(int(round(lo[0])), int(round(lo[1])), int(round(hi[0])) - 1, int(round(hi[1])) - 1)
-        points = self._points(self._predictor(patch, rect))
+        with DLIB_LOCK:
+            shape = self._predictor(patch, rect)
+        points = self._points(shape)
         return geometry.apply(geometry.invert(to_patch), points).astype(np.float32)
 
     @staticmethod
