@@ -208,3 +208,30 @@ def test_landmarks_on_the_cut_out_face_equal_those_on_the_whole_image():
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         whole = detector._points(detector._predictor(rgb, dlib.rectangle(x0, y0, x1 - 1, y1 - 1)))
         np.testing.assert_array_equal(detector.landmarks(rgb, box), whole)
+
+
+def test_faces_found_from_several_threads_at_once_equal_those_found_one_by_one():
+    """The server renders requests side by side: dlib's shared models must survive threads (they corrupted memory
+    before each call held a lock) and give each thread the answer it gets alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mllm.face import FaceDetector
+    from mllm.synthetic import astronaut
+
+    rgb, rng = astronaut(), np.random.default_rng(0)
+    crops = []
+    for _ in range(24):
+        size = int(rng.integers(200, 400))
+        y, x = (int(v) for v in rng.integers(0, 512 - size, 2))
+        crops.append(np.ascontiguousarray(rgb[y : y + size, x : x + size]))
+
+    def landmarks(image):
+        faces = FaceDetector().detect(image)
+        return faces[0].landmarks_68 if faces else None
+
+    alone = [landmarks(c) for c in crops]
+    with ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(landmarks, crops * 2))
+    for a, b in zip(alone * 2, together, strict=True):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    assert sum(a is not None for a in alone) >= 12
