@@ -3,13 +3,20 @@
 Typed defaults, then a YAML recipe (`--config train/recipes/sft_tiny_cpu.yaml`), then command-line overrides
 (`--max_steps 5`, `--output_dir runs/x`), in that order, parsed by TRL's `TrlParser`. Every field of TRL's configs
 (and of transformers' `TrainingArguments`) can be set either way; an unknown one is refused, naming it.
+
+Every value is checked in `__post_init__` (type, finite, range, the packages and files it names: train/checks.py)
+before anything loads; a bad one is one line, `FIELD: reason`, with `RECIPE:LINE:` first when the recipe file set
+it (train/recipe_file.py reads the YAML with its lines).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 from trl import GRPOConfig, SFTConfig
+
+from train.checks import RecipeError, check_fields, check_settings, check_trainer_settings
 
 
 @dataclass
@@ -49,24 +56,27 @@ class EmoReasonOptions:
     )
 
     def check_emoreason_options(self) -> None:
+        """What no single field's type and range can say (those are `train.checks`, run before TRL's checks)."""
         if not self.model:
-            raise ValueError("model: no starting checkpoint given (--model DIR, or `model:` in the recipe)")
+            raise RecipeError("model", "no starting checkpoint given (--model DIR, or `model:` in the recipe)")
         if not self.data:
-            raise ValueError("data: no dataset given (--data DIR from `emoreason data build`, or `data:` in recipes)")
-        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise ValueError(
-                f"lora_r must be >= 0, lora_alpha > 0 and 0 <= lora_dropout < 1; got {self.lora_r}, "
-                f"{self.lora_alpha}, {self.lora_dropout}"
+            raise RecipeError(
+                "data", "no dataset given (--data DIR from `emoreason data build`, or `data:` in recipes)"
             )
-        if self.new_modules_lr is not None and self.new_modules_lr < 0:
-            raise ValueError(f"new_modules_lr must be >= 0, got {self.new_modules_lr}")
-        if self.max_train_samples is not None and self.max_train_samples < 1:
-            raise ValueError(f"max_train_samples must be >= 1, got {self.max_train_samples}")
+        if not self.output_dir:
+            raise RecipeError(
+                "output_dir", "no output folder given (--output_dir DIR, or `output_dir:` in the recipe)"
+            )
+        if self.resume_from_checkpoint:
+            raise RecipeError(
+                "resume_from_checkpoint",
+                "not used by emoreason; --resume continues from the last complete checkpoint in --output_dir",
+            )
         from mllm.output import TASKS
 
         bad = [t for t in self.tasks or () if t not in TASKS]
         if bad:
-            raise ValueError(f"tasks: unknown {bad}; valid: {list(TASKS)}")
+            raise RecipeError("tasks", f"unknown {bad}; valid: {list(TASKS)}")
 
 
 # Defaults that differ from TRL's, and why.
@@ -98,14 +108,19 @@ class SFTRecipe(SFTConfig, EmoReasonOptions):
     )
 
     def __post_init__(self):
-        super().__post_init__()
+        check_fields(self)
+        check_settings(self)
         self.check_emoreason_options()
         if self.stage not in ("sft", "align"):
-            raise ValueError(f"stage must be 'sft' or 'align', got {self.stage!r}")
+            raise RecipeError("stage", f"must be 'sft' or 'align', got {self.stage!r}")
         if self.stage == "align" and self.new_modules_lr == 0:
-            raise ValueError("stage align trains only the new modules: new_modules_lr cannot be 0")
+            raise RecipeError("new_modules_lr", "stage align trains only the new modules: it cannot be 0")
+        if self.stage == "sft" and self.lora_r == 0 and self.new_modules_lr == 0:
+            raise RecipeError("new_modules_lr", "nothing to train: lora_r is 0 and new_modules_lr is 0")
         if self.packing or self.padding_free:
-            raise ValueError("packing / padding_free are not supported: media tokens are placed per conversation")
+            raise RecipeError("packing", "packing / padding_free are not supported: media tokens are placed per chat")
+        _library_post_init(super().__post_init__)
+        check_trainer_settings(self)
 
 
 @dataclass
@@ -126,25 +141,54 @@ class GRPORecipe(GRPOConfig, EmoReasonOptions):
     )
 
     def __post_init__(self):
-        super().__post_init__()
+        check_fields(self)
+        check_settings(self)
         self.check_emoreason_options()
         if self.lora_r < 1:
-            raise ValueError("GRPO trains a LoRA adapter: lora_r must be >= 1")
+            raise RecipeError("lora_r", f"GRPO trains a LoRA adapter: must be >= 1, got {self.lora_r}")
+        if self.use_vllm:
+            raise RecipeError(
+                "use_vllm",
+                "TRL's vLLM generation sends token ids and images only and cannot carry EmoReason's embeddings; "
+                "GRPO generates with transformers (set use_vllm: false)",
+            )
+        if self.eval_split or self.eval_strategy != "no":
+            raise RecipeError(
+                "eval_split" if self.eval_split else "eval_strategy",
+                "GRPO runs no evaluation while training; score the run with `emoreason eval run`",
+            )
+        if self.sync_ref_model:
+            raise RecipeError(
+                "sync_ref_model", "the reference is the policy with its adapter disabled: nothing to sync"
+            )
+        if self.router_aux_loss_coef:
+            raise RecipeError("router_aux_loss_coef", "EmoReason's language models are not Mixture-of-Experts")
         from train.rewards import REWARDS
 
+        if not self.rewards:
+            raise RecipeError("rewards", f"at least one reward is needed; valid: {sorted(REWARDS)}")
         unknown = [r for r in self.rewards if r not in REWARDS]
         if unknown:
-            raise ValueError(f"rewards: unknown {unknown}; valid: {sorted(REWARDS)}")
+            raise RecipeError("rewards", f"unknown {unknown}; valid: {sorted(REWARDS)}")
         if self.reward_weights is None:
             from train.rewards import default_weights
 
             self.reward_weights = default_weights(self.rewards)
         if len(self.reward_weights) != len(self.rewards):
-            raise ValueError(
-                f"reward_weights has {len(self.reward_weights)} values for {len(self.rewards)} rewards {self.rewards}"
+            raise RecipeError(
+                "reward_weights",
+                f"{len(self.reward_weights)} values for {len(self.rewards)} rewards {self.rewards}",
             )
-        if self.length_max_chars < 1:
-            raise ValueError(f"length_max_chars must be >= 1, got {self.length_max_chars}")
+        _library_post_init(super().__post_init__)
+        check_trainer_settings(self)
+
+
+def _library_post_init(post_init) -> None:
+    """transformers' and TRL's own checks; a setting that needs a missing package is a user's error, not ours."""
+    try:
+        post_init()
+    except ImportError as exc:
+        raise ValueError(f"a setting needs a package that is not installed: {' '.join(str(exc).split())}") from None
 
 
 def _default_rewards():
@@ -154,23 +198,70 @@ def _default_rewards():
 
 
 def parse_recipe(cls, argv: list[str]):
-    """A recipe from `--config FILE` plus overrides. Errors are one line (ValueError) naming the field."""
-    import os
-
+    """A recipe from `--config FILE` plus overrides, checked before anything loads. Every error is one line
+    (ValueError or OSError): `FIELD: reason`, or `RECIPE:LINE: FIELD: reason` for a value the recipe file set."""
     from trl import TrlParser
 
-    if "--config" in argv:
-        path = argv[argv.index("--config") + 1] if argv.index("--config") + 1 < len(argv) else ""
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"{path or '--config'}: recipe file not found")
-    parser = TrlParser((cls,))
+    from train.checks import RecipeError
+    from train.recipe_file import command_line_fields, read_recipe, take_config
+
+    argv, path = take_config(list(argv))
+    parser = TrlParser((cls,), allow_abbrev=False)  # `--lr` must not quietly mean `--lr_scheduler_type`
+    parser.error = _raise_usage_error
     for action in parser._actions:
         if action.dest in _COMMON_DEFAULTS:
             action.default = _COMMON_DEFAULTS[action.dest]
+    lines: dict[str, int] = {}
+    if path is not None:
+        values, lines = read_recipe(path)
+        fields = {action.dest for action in parser._actions} - {"help"}
+        unknown = [name for name in values if name not in fields and name != "env"]
+        if unknown:
+            raise ValueError(
+                f"{path}:{lines[unknown[0]]}: unknown field {unknown[0]!r}{_did_you_mean(unknown[0], fields)}"
+            )
+        for name, value in values.pop("env", {}).items():  # TRL's recipes may set environment variables
+            os.environ[str(name)] = str(value)
+        parser.set_defaults_with_config(**values)
+    from_command_line = command_line_fields(argv)
+
+    def where(field: str) -> str:
+        return f"{path}:{lines[field]}: " if field in lines and field not in from_command_line else ""
+
     try:
-        (recipe,) = parser.parse_args_and_config(argv)
-    except SystemExit as exc:  # argparse printed its message (usage or --help)
-        if exc.code:
-            raise ValueError("bad command-line arguments (see the message above)") from None
-        raise
-    return recipe
+        namespace, remaining = parser.parse_known_args(argv)
+    except _UsageError as exc:
+        field = exc.field
+        raise ValueError(f"{where(field)}{field}: {exc.reason}" if field else exc.reason) from None
+    if remaining:
+        option = next((r for r in remaining if r.startswith("-")), None)
+        if option is None:
+            raise ValueError(f"unexpected argument {remaining[0]!r} (the recipe is given with --config RECIPE.yaml)")
+        name = option.lstrip("-").split("=", 1)[0]
+        raise ValueError(f"{option}: unknown option{_did_you_mean(name, {a.dest for a in parser._actions})}")
+    try:
+        return cls(**vars(namespace))
+    except RecipeError as exc:
+        raise ValueError(f"{where(exc.field)}{exc}") from None
+
+
+class _UsageError(ValueError):
+    def __init__(self, message: str):
+        import re
+
+        match = re.match(r"argument (?:--)?([\w-]+)(?:/[^:]*)?: (.*)", message)
+        self.field = match.group(1).replace("-", "_") if match else None
+        self.reason = match.group(2) if match else message
+        super().__init__(message)
+
+
+def _raise_usage_error(message: str):
+    """argparse's errors as one line (argparse would print the usage of every TRL field, then exit)."""
+    raise _UsageError(message)
+
+
+def _did_you_mean(name: str, fields) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, sorted(fields), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""

@@ -151,11 +151,6 @@ def build_trainer(recipe):
     from train.model import load_inputs
     from train.rewards import get_reward_funcs
 
-    if recipe.use_vllm:
-        raise ValueError(
-            "use_vllm: TRL's vLLM generation sends token ids and images only and cannot carry EmoReason's "
-            "embeddings; GRPO generates with transformers (set use_vllm: false)"
-        )
     space, train, resume_from, model, processor = load_inputs(recipe)
     model.freeze_base()
     rewards = get_reward_funcs(recipe.rewards, {"length": {"max_chars": recipe.length_max_chars}})

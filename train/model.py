@@ -7,73 +7,25 @@ modules, and the final model folder that `emoreason analyze --model`, `serve` an
       runs/             TensorBoard logs
       model/            the final model: config.json + model.safetensors (the base as trained: its language model
                         without the adapter, the new modules trained), processor files, adapter/ (PEFT LoRA on the
-                        language model), served/language_model + served/lora (the vLLM export)
+                        language model), README.md (our model card), train_report.json, served/language_model +
+                        served/lora (the vLLM export); see train/final_model.py
+
+Nothing else is written into OUTPUT_DIR: TRL's model card (README.md, at every checkpoint) is not, so a user's
+README.md there stays theirs. How the folder is claimed, resumed and taken back after an early failure:
+train/run_folder.py.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import torch
 
-COMPLETE = ".emoreason-complete"
+from train.run_folder import COMPLETE, claim_run_dir, taken_back_on_failure
+
 NEW_MODULES_FILE = "new_modules.safetensors"
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The run folder
-
-
-def claim_run_dir(recipe, protect) -> str | None:
-    """Claim `output_dir` (new, empty, or a run of ours) and return the checkpoint to resume from. A folder that
-    already holds checkpoints is refused without `--resume`, so a finished or interrupted run is never overwritten;
-    a checkpoint left half-written by a kill is removed (it was ours, and it is not usable)."""
-    from mllm.outputs import claim_output_dir, clean_litter
-
-    if int(os.environ.get("RANK") or 0) == 0:
-        out = claim_output_dir(recipe.output_dir, protect=protect, what="--output_dir", kind="train-run")
-        clean_litter(out)
-    else:
-        # Under `accelerate launch`/torchrun only the main process claims and tidies the folder: two processes
-        # claiming at once would each see the other's half-written marker as somebody else's file.
-        out = _wait_for_claim(Path(recipe.output_dir))
-    checkpoints = sorted(
-        (p for p in out.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
-        key=lambda p: int(p.name.split("-")[-1]),
-    )
-    complete = [p for p in checkpoints if (p / COMPLETE).exists()]
-    if not recipe.resume:
-        if checkpoints or (out / "model").exists():
-            raise ValueError(
-                f"{out}: holds a training run already; pass --resume to continue it, or choose a new --output_dir"
-            )
-        return None
-    for partial in checkpoints:
-        if not (partial / COMPLETE).exists() and int(os.environ.get("RANK") or 0) == 0:
-            shutil.rmtree(partial, ignore_errors=True)
-    if not complete:
-        print(f"{out}: no complete checkpoint to resume from; starting from step 0", flush=True)
-        return None
-    return str(complete[-1])
-
-
-def _wait_for_claim(out: Path, timeout_s: float = 600.0) -> Path:
-    """The run folder once the main process has claimed it (its marker is there). If the main process refused the
-    folder it exits, and the launcher stops this process too; the timeout only bounds a launcher that does not."""
-    import time
-
-    from mllm.outputs import MARKER
-
-    deadline = time.monotonic() + timeout_s
-    while not (out / MARKER).exists():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{out}: the main process did not claim --output_dir within {timeout_s:.0f} s")
-        time.sleep(0.1)
-    return out.resolve()
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # The model
@@ -118,9 +70,12 @@ def run_stage(build_trainer, recipe, **report) -> Path | None:
     report: `report` (stage name, its own settings) plus what every run records."""
     import time
 
+    from train.final_model import write_final_model
+
     started = time.time()
-    trainer, processor, space, resume_from = build_trainer(recipe)
-    result = trainer.train(resume_from_checkpoint=resume_from)
+    with taken_back_on_failure(recipe.output_dir):
+        trainer, processor, space, resume_from = build_trainer(recipe)
+        result = trainer.train(resume_from_checkpoint=resume_from)
     from accelerate.utils import gather_object
 
     report = {
@@ -129,7 +84,7 @@ def run_stage(build_trainer, recipe, **report) -> Path | None:
         "data": recipe.data,
         "label_space": space,
         "global_step": trainer.state.global_step,
-        "train_loss": result.training_loss,
+        "train_loss": run_loss(trainer.state.log_history, result.training_loss, resume_from),
         "log_history": trainer.state.log_history,
         "seconds": round(time.time() - started, 1),
         "processes": trainer.accelerator.num_processes,
@@ -140,6 +95,21 @@ def run_stage(build_trainer, recipe, **report) -> Path | None:
         else gather_object([trained_weights_digest(trainer.model)]),
     }
     return write_final_model(trainer, processor, space, report)
+
+
+def run_loss(log_history: list[dict], this_call: float, resumed_from: str | None) -> float | None:
+    """The mean training loss of the run. transformers' `training_loss` covers only the steps of this `train()`
+    call (0.0 for a run resumed at its last step): a resumed run's is the mean of the logged losses, each weighted
+    by the steps it covers (None if none was logged)."""
+    if resumed_from is None:
+        return this_call
+    total, steps, previous = 0.0, 0, 0
+    for entry in log_history:
+        if "loss" in entry and "step" in entry:
+            total += float(entry["loss"]) * (entry["step"] - previous)
+            steps += entry["step"] - previous
+            previous = entry["step"]
+    return total / steps if steps else None
 
 
 def trained_weights_digest(model) -> str:
@@ -257,6 +227,18 @@ class EmoReasonTrainerMixin:
                 for name, value in saved.items():
                     params[name].copy_(value)
 
+    def create_model_card(self, *args, **kwargs):
+        """Nothing: TRL writes its card (`fine-tuned version of [None]`) to OUTPUT_DIR/README.md at every checkpoint,
+        over a user's file of that name. Ours is written into the final model folder (train/final_model.py)."""
+
+    def _run_epoch(self, *args, **kwargs):
+        # Resumed from the last step's checkpoint (a kill while the final model was being written): nothing is left
+        # to train, but transformers' epoch loop would run one more step before it checks ("step 5 of 4").
+        if 0 < self.state.max_steps <= self.state.global_step:
+            self.control.should_training_stop = True
+            return None
+        return super()._run_epoch(*args, **kwargs)
+
     def _save_checkpoint(self, model, trial):
         super()._save_checkpoint(model, trial)
         if self.args.should_save:
@@ -265,51 +247,3 @@ class EmoReasonTrainerMixin:
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             if folder.is_dir():
                 atomic_write_text(folder / COMPLETE, json.dumps({"step": self.state.global_step}))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The final model folder
-
-
-def write_final_model(trainer, processor, label_space: str, report: dict) -> Path | None:
-    """OUTPUT_DIR/model, written under a temporary name and renamed into place, then its vLLM export. Only the
-    main process writes; returns the folder there (None elsewhere)."""
-    from mllm.outputs import atomic_dir, atomic_write_text
-
-    trainer.accelerator.wait_for_everyone()
-    # Under ZeRO-3 every process holds a slice of each weight: all take part in gathering the whole state.
-    gathered = trainer.accelerator.get_state_dict(trainer.model) if is_zero3(trainer) else None
-    if not trainer.is_world_process_zero():
-        return None
-    model = trainer.accelerator.unwrap_model(trainer.model)
-    final = Path(trainer.args.output_dir) / "model"
-    peft = hasattr(model, "get_base_model")
-    composed = model.get_base_model() if peft else model
-    composed.config.label_space = label_space
-    full = gathered if gathered is not None else model.state_dict()
-    with atomic_dir(final) as tmp:
-        if peft:
-            model.save_pretrained(tmp / "adapter", state_dict=gathered)
-            # The base as trained, without the adapter's layers: LoRA's wrapped linears saved under their own names.
-            state = {
-                k.removeprefix("base_model.model.").replace(".base_layer.", "."): v.detach().cpu().contiguous()
-                for k, v in full.items()
-                if "lora_" not in k
-            }
-            composed.save_pretrained(tmp, state_dict=state)
-        else:
-            composed.save_pretrained(tmp, state_dict=gathered)
-        processor.save_pretrained(tmp)
-        atomic_write_text(tmp / "train_report.json", json.dumps(report, indent=1, default=str) + "\n")
-    export_final_model(final)
-    return final
-
-
-def export_final_model(final: Path) -> None:
-    """The ready-to-serve export of a final model folder (language model + LoRA, keyed by content)."""
-    from mllm.export import load_model, served_model
-    from mllm.processor import EmoReasonProcessor
-
-    served_model(
-        final, lambda: (load_model(final, adapter="ignore"), EmoReasonProcessor.from_pretrained(final).tokenizer)
-    )

@@ -30,8 +30,6 @@ def build_trainer(recipe):
     space, train, resume_from, model, processor = load_inputs(recipe)
     lora = recipe.stage == "sft" and recipe.lora_r > 0
     trainable = make_trainable(model, recipe, lora=lora, new_modules=recipe.new_modules_lr != 0)
-    if not any(p.requires_grad for p in trainable.parameters()):
-        raise ValueError("nothing to train: lora_r is 0 and new_modules_lr is 0")
     recipe.dataset_kwargs = {**(recipe.dataset_kwargs or {}), "skip_prepare_dataset": True}
     trainer = EmoReasonSFTTrainer(
         model=trainable,

@@ -207,8 +207,10 @@ def synthesize(
         raise ValueError("--num-generations, --batch-size and --max-new-tokens must be >= 1")
     if max_samples is not None and max_samples < 1:
         raise ValueError(f"--max-samples must be >= 1, got {max_samples}")
-    if temperature <= 0:
-        raise ValueError(f"--temperature must be > 0 (sampling), got {temperature}")
+    if not math.isfinite(temperature) or temperature <= 0:
+        raise ValueError(f"--temperature must be a finite number > 0 (sampling), got {temperature}")
+    if not 0 <= seed < 2**32:
+        raise ValueError(f"--seed must be in [0, {2**32 - 1}], got {seed}")
     thresholds = dict(DEFAULT_THRESHOLDS if thresholds is None else thresholds)
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
@@ -360,7 +362,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_cli(options: list[str]) -> int:
-    args = build_parser().parse_args(options)
+    parser = build_parser()
+    if not any(o in ("-h", "--help") for o in options):
+        parser.error = _raise_usage_error  # one line, not argparse's usage block and exit 2
+    args = parser.parse_args(options)
     synthesis = synthesize(
         args.model,
         args.data,
@@ -379,3 +384,7 @@ def run_cli(options: list[str]) -> int:
     )
     print(summary_line(synthesis, args.out))
     return 0
+
+
+def _raise_usage_error(message: str):
+    raise ValueError(message)
