@@ -244,7 +244,7 @@ def test_a_request_naming_a_task_without_words_is_asked_the_tasks_own_question(c
         {"role": "user", "content": [image, {"type": "text", "text": question("expr", label_space("abaw_expr"))}]}
     ]
     bare = [{"role": "user", "content": [image]}]
-    answers = [client.chat.completions.create(model="emoreason", messages=m, max_tokens=24, temperature=0,
+    answers = [client.chat.completions.create(model="emoreason", messages=m, max_tokens=64, temperature=0,
                                               extra_body={"task": "expr"}) for m in (asked, bare)]  # fmt: skip
     assert answers[0].usage.prompt_tokens == answers[1].usage.prompt_tokens
     assert answers[0].choices[0].message.content == answers[1].choices[0].message.content
