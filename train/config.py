@@ -54,6 +54,14 @@ class EmoReasonOptions:
         default=0,
         metadata={"help": "every N steps, print and log a table of sample completions (0: only at the end)"},
     )
+    vary_questions: bool = field(
+        default=True,
+        metadata={
+            "help": "SFT: ask each sample its task's question in a wording drawn (seeded) from the task's "
+            "paraphrases (mllm.output.PARAPHRASES) or the dataset's own, so the model understands questions asked "
+            "in other words; false: always the dataset's wording"
+        },
+    )
 
     def check_emoreason_options(self) -> None:
         """What no single field's type and range can say (those are `train.checks`, run before TRL's checks)."""

@@ -88,6 +88,27 @@ def check_rows(rows, where: str) -> None:
             raise ValueError(f"{sample}: target does not follow the output grammar ({result.error}: {result.message})")
 
 
+def vary_question(messages: list[dict], task: str, label_space: str, rng) -> list[dict]:
+    """`messages` with the task's question (the text part the data builders wrote, `mllm.output.question`) asked
+    in a wording drawn by `rng` from the dataset's own and the task's paraphrases; other text is left as it is."""
+    from mllm.labels import label_space as labels_of
+    from mllm.output import PARAPHRASES, question
+
+    labels = labels_of(label_space) if task == "expr" else ()
+    asked = question(task, labels)
+    k = rng.randrange(len(PARAPHRASES[task]) + 1)
+    wording = asked if k == 0 else question(task, labels, variant=k - 1)
+    out = []
+    for message in messages:
+        content = message.get("content")
+        if message.get("role") == "user" and isinstance(content, list):
+            content = [{**p, "text": wording} if p.get("type") == "text" and p.get("text") == asked else p
+                       for p in content]  # fmt: skip
+            message = {**message, "content": content}
+        out.append(message)
+    return out
+
+
 def conversation(row: dict, with_target: bool) -> list[dict]:
     messages = json.loads(row["prompt"])
     if with_target:
@@ -100,17 +121,25 @@ class SFTCollator:
     turn (the rest -100), pads on the right. A row longer than `max_length` tokens is refused, naming it: cutting
     it would drop the answer or the media tokens' partners."""
 
-    def __init__(self, processor, max_length: int | None):
+    def __init__(self, processor, max_length: int | None, vary_questions_seed: int | None = None):
+        import random
+
         self.processor = processor
         self.max_length = max_length
+        # Seeded: the same run draws the same wordings (the trainer's data order is seeded too).
+        self.rng = random.Random(vary_questions_seed) if vary_questions_seed is not None else None
+
+    def _conversation(self, row: dict) -> list[dict]:
+        messages = conversation(row, with_target=True)
+        if self.rng is None:
+            return messages
+        return vary_question(messages, row["task"], row["label_space"], self.rng)
 
     def __call__(self, rows: list[dict]) -> dict:
         from mllm.parts import ProcessorInputError
 
         try:
-            batch = self.processor(
-                [conversation(r, with_target=True) for r in rows], return_labels=True, padding_side="right"
-            )
+            batch = self.processor([self._conversation(r) for r in rows], return_labels=True, padding_side="right")
         except (ProcessorInputError, OSError, ValueError) as exc:
             # Find the row: the message names the file, this names the sample.
             ids = ", ".join(repr(r["id"]) for r in rows)

@@ -37,7 +37,7 @@ def build_trainer(recipe):
         train_dataset=train,
         eval_dataset=evaluation,
         processing_class=processor.tokenizer,
-        data_collator=SFTCollator(processor, recipe.max_length),
+        data_collator=SFTCollator(processor, recipe.max_length, recipe.seed if recipe.vary_questions else None),
     )
     shown_rows = (evaluation if evaluation is not None else train).select(range(min(3, len(train))))
     trainer.add_callback(SampleCompletions(trainer, processor, shown_rows, recipe.sample_every))

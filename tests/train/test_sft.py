@@ -250,3 +250,27 @@ def test_only_the_main_process_claims_the_run_folder(tmp_path, monkeypatch):
     waiter.join(timeout=10)
     assert not waiter.is_alive() and seen == [None]
     assert sorted(p.name for p in out.iterdir()) == [MARKER]
+
+
+def test_training_asks_each_sample_its_question_in_varied_seeded_wordings():
+    import random
+
+    from mllm.labels import label_space
+    from mllm.output import PARAPHRASES, question
+    from train.data import vary_question
+
+    asked = question("expr", label_space("basic7"))
+    user = {"role": "user", "content": [{"type": "image", "image": "a.jpg"}, {"type": "text", "text": asked}]}
+    messages = [{"role": "system", "content": "You are careful."}, user]
+
+    def wordings(seed):
+        rng = random.Random(seed)
+        return [vary_question(messages, "expr", "basic7", rng)[1]["content"][1]["text"] for _ in range(200)]
+
+    drawn = wordings(0)
+    allowed = {asked} | {question("expr", label_space("basic7"), variant=k) for k in range(len(PARAPHRASES["expr"]))}
+    assert set(drawn) == allowed  # every wording is used, the dataset's own among them
+    assert drawn == wordings(0) and drawn != wordings(1)  # seeded
+    varied = vary_question(messages, "expr", "basic7", random.Random(0))
+    assert varied[0] == messages[0] and varied[1]["content"][0] == messages[1]["content"][0]  # the rest untouched
+    assert all("{labels}" not in w for w in drawn)
