@@ -86,6 +86,17 @@ def clean_litter(folder: str | os.PathLike) -> list[Path]:
     return removed
 
 
+def _make_folder(folder: Path, path, what: str) -> None:
+    """Create `folder` (and its missing parents), or refuse when the nearest existing one is a file or read-only."""
+    parent = folder
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputRefusedError(f"{path}: {what} cannot be created under {parent}, which is not a folder")
+    _check_writable(parent, f"{what}'s folder {parent}")
+    folder.mkdir(parents=True, exist_ok=True)
+
+
 def _check_writable(folder: Path, what: str) -> None:
     if not os.access(folder, os.W_OK | os.X_OK):
         raise OutputRefusedError(f"{folder}: {what} is not writable")
@@ -149,13 +160,7 @@ def claim_output_dir(
                 f"{path}: {what} holds another kind of emoreason output ({found}, not {kind}); choose a new folder"
             )
     else:
-        parent = out.parent
-        while not parent.exists():
-            parent = parent.parent
-        if not parent.is_dir():
-            raise OutputRefusedError(f"{path}: {what} cannot be created under {parent}, which is not a folder")
-        _check_writable(parent, f"{what}'s parent folder {parent}")
-        out.mkdir(parents=True, exist_ok=True)
+        _make_folder(out, path, what)
     marker = out / MARKER
     if not marker.exists():
         atomic_write_text(
@@ -212,13 +217,7 @@ def claim_output_file(path: str | os.PathLike, protect: Iterable[str | os.PathLi
             )
         _check_writable(out.parent, f"{what}'s folder {out.parent}")
         return out
-    parent = out.parent
-    while not parent.exists():
-        parent = parent.parent
-    if not parent.is_dir():
-        raise OutputRefusedError(f"{path}: {what} cannot be created under {parent}, which is not a folder")
-    _check_writable(parent, f"{what}'s folder {parent}")
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(out.parent, path, what)
     return out
 
 
