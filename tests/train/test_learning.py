@@ -112,7 +112,8 @@ def test_sft_answers_held_out_faces_above_chance_citing_the_class_aus(sft_learne
 def _accuracy(answers) -> float:
     from mllm.output import parse
 
-    return float(np.mean([parse(text, "expr", "basic7").answer == row["expression"] for row, text in answers]))
+    parsed = [(parse(text, "expr", "basic7"), row["expression"]) for row, text in answers]
+    return float(np.mean([p.ok and p.answer == truth for p, truth in parsed]))
 
 
 def test_sft_understands_a_question_worded_as_training_never_asked_it(sft_learned, photo_data):
