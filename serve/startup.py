@@ -35,8 +35,10 @@ class StartupLog:
         self.path: Path | None = None
 
     def start(self) -> StartupLog:
-        """Send the libraries' output to the log (unless verbose) until the process exits."""
-        if not self.verbose:
+        """Send the libraries' output to the log (unless verbose) until the process exits. Only a process whose
+        streams are still its own descriptors 1 and 2 (the console script) is redirected: a caller that replaced
+        them (a test capturing output, a notebook) keeps what it set up."""
+        if not self.verbose and sys.stdout is sys.__stdout__ and sys.stderr is sys.__stderr__:
             self._redirect()
         return self
 
