@@ -122,18 +122,20 @@ class SFTCollator:
     it would drop the answer or the media tokens' partners."""
 
     def __init__(self, processor, max_length: int | None, vary_questions_seed: int | None = None):
-        import random
-
         self.processor = processor
         self.max_length = max_length
-        # Seeded: the same run draws the same wordings (the trainer's data order is seeded too).
-        self.rng = random.Random(vary_questions_seed) if vary_questions_seed is not None else None
+        self.seed = vary_questions_seed
 
     def _conversation(self, row: dict) -> list[dict]:
+        import random
+
         messages = conversation(row, with_target=True)
-        if self.rng is None:
+        if self.seed is None:
             return messages
-        return vary_question(messages, row["task"], row["label_space"], self.rng)
+        # One wording per sample, from the seed and the sample's id alone: a resumed run asks exactly what the
+        # uninterrupted one would (a drawing stream would restart on resume).
+        rng = random.Random(f"{self.seed}:{row['id']}")
+        return vary_question(messages, row["task"], row["label_space"], rng)
 
     def __call__(self, rows: list[dict]) -> dict:
         from mllm.parts import ProcessorInputError
