@@ -133,7 +133,8 @@ class FaceCache:
                     os.unlink(tmp)
 
     def entries(self) -> list[Path]:
-        return list(self.directory.glob("*/*.npz"))
+        """The cache's own entries (`KEY[:2]/KEY.npz`, KEY a sha256): eviction never touches anything else there."""
+        return [p for p in self.directory.glob("??/*.npz") if len(p.stem) == 64 and p.stem[:2] == p.parent.name]
 
     def _account(self, added: int) -> None:
         """Keep the cache under `max_bytes`: the oldest entries go first, down to 80 % of the bound."""
