@@ -131,7 +131,8 @@ def test_sft_understands_the_question_asked_in_other_words(sft_learned, photo_da
     asked = _accuracy(held_out_answers(sft_learned, photo_data, users_question))
     unseen = _accuracy(held_out_answers(sft_learned, photo_data, UNSEEN_QUESTION))
     print(f"held-out accuracy: dataset's question {own:.3f}, users' question {asked:.3f}, unseen wording {unseen:.3f}")
-    # Measured (seed 0): native 0.634 / 0.585, default 0.561 / 0.610. 3 classes: chance is a third.
+    # Measured (seed 0, one wording per sample): 0.585 / 0.488 natively and under ATEN_CPU_CAPABILITY=default,
+    # 0.585 / 0.561 under avx2. 3 classes: chance is a third.
     assert asked >= own - 0.15 and asked >= 0.45
 
 
