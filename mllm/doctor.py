@@ -97,16 +97,27 @@ def _check_faces():
     return "dlib detector and 68-point predictor load"
 
 
-def _check_cuda_wheels():
+def _check_media_wheels():
+    """torchvision imports beside this torch (vLLM's Qwen-VL models need it), and torchaudio / torchcodec, which
+    nothing here uses, are not left half-working."""
+    import importlib
     import importlib.util
 
-    present = [m for m in ("torchvision", "torchaudio", "torchcodec") if importlib.util.find_spec(m)]
-    if present:
-        import torch
+    broken = []
+    for name in ("torchvision", "torchaudio", "torchcodec"):
+        if importlib.util.find_spec(name) is None:
+            continue
+        try:
+            importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001 - a wheel built for another torch fails in many ways
+            broken.append(f"{name} ({type(exc).__name__}: {str(exc).splitlines()[0][:80]})")
+    if broken:
+        raise RuntimeError(f"{'; '.join(broken)} does not import beside this torch: run `make setup`")
+    if importlib.util.find_spec("torchvision") is None:
+        raise RuntimeError("torchvision is missing (vLLM's Qwen-VL models import it): run `make setup`")
+    import torchvision
 
-        if not torch.cuda.is_available():
-            raise RuntimeError(f"{', '.join(present)} installed beside CPU torch: run `make setup` to remove them")
-    return "none beside CPU torch"
+    return f"torchvision {torchvision.__version__} imports"
 
 
 def _check_espeak():
@@ -123,7 +134,7 @@ CHECKS = [
     ("TRL + PEFT", _check_trl_peft, True),
     ("media (PyAV)", _check_media, True),
     ("faces (dlib)", _check_faces, True),
-    ("CUDA-linked media wheels", _check_cuda_wheels, True),
+    ("torchvision", _check_media_wheels, True),
     ("espeak-ng", _check_espeak, False),
 ]
 

@@ -59,12 +59,15 @@ def language_model_lora_config(model, r: int = 8, alpha: int = 16, dropout: floa
 
 
 def export_language_model(model, tokenizer, out: str | Path) -> Path:
-    """Write the decoder + LM head of `model.base` as a `*ForCausalLM` checkpoint with the tokenizer."""
+    """Write the decoder + LM head of `model.base` as a `*ForCausalLM` checkpoint with the tokenizer; for a base
+    with M-RoPE (the Qwen-VL family), the base's own checkpoint instead (`export_multimodal_base`)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     out = Path(out)
     adapter = model.adapter
+    if adapter.positions == "mrope":
+        return export_multimodal_base(model, tokenizer, out)
     text_config = adapter.text_config(model.base).__class__.from_dict(adapter.text_config(model.base).to_dict())
     text_config.tie_word_embeddings = False  # the head is written out explicitly
     text_config.vocab_size = model.get_input_embeddings().num_embeddings
@@ -80,6 +83,28 @@ def export_language_model(model, tokenizer, out: str | Path) -> Path:
     lm.generation_config.pad_token_id = model.config.pad_token_id
     lm.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+def export_multimodal_base(model, tokenizer, out: str | Path) -> Path:
+    """Write `model.base` in its own checkpoint layout (e.g. `Qwen2_5_VLForConditionalGeneration`), with the
+    tokenizer and an image processor of the base's patch geometry, for vLLM to load as that model. vLLM is then fed
+    our embeddings as image items with their grids (`enable_mm_embeds`) and computes the base's M-RoPE positions
+    from the grids; the vision tower it loads is never run on a request (our encoders run here)."""
+    from mllm.tiny import image_processor_class
+
+    out = Path(out)
+    model.base.config.architectures = [model.base.__class__.__name__]
+    model.base.generation_config.eos_token_id = model.config.eos_token_id
+    model.base.generation_config.pad_token_id = model.config.pad_token_id
+    model.base.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    vision = model.base.config.vision_config
+    image_processor_class("Qwen2VLImageProcessor")(
+        patch_size=vision.patch_size,
+        temporal_patch_size=vision.temporal_patch_size,
+        merge_size=vision.spatial_merge_size,
+    ).save_pretrained(out)
     return out
 
 

@@ -39,7 +39,9 @@ PART_KEYS = {
     "video": {"video", "video_url", "frames", "frame_indices", "start_s", "end_s"},
     "audio": {"audio", "audio_url", "input_audio", "start_s", "end_s"},
 }
-PLACEHOLDER_TOKENS = (IMAGE_START, IMAGE_END, IMAGE_CONTEXT, *AUDIO_PLACEHOLDERS)
+# Ours, and the Qwen-VL bases' own (their images are delimited by these): text may not forge media.
+QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+PLACEHOLDER_TOKENS = (IMAGE_START, IMAGE_END, IMAGE_CONTEXT, *AUDIO_PLACEHOLDERS, *QWEN_VISION_TOKENS)
 
 
 class ProcessorInputError(ValueError):

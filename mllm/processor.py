@@ -87,14 +87,14 @@ def receptive_field(audio_config: dict) -> int:
     return field_size
 
 
-def prepare_tokenizer(name_or_path):
-    """The base's tokenizer with the image and audio placeholder tokens present (added when missing)."""
+def prepare_tokenizer(name_or_path, image_tokens: tuple[str, str, str] = (IMAGE_START, IMAGE_CONTEXT, IMAGE_END)):
+    """The base's tokenizer with the image tokens the adapter writes (start, context, end) and the audio
+    placeholder tokens present (added when missing)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-    missing = [
-        t for t in (IMAGE_START, IMAGE_END, IMAGE_CONTEXT, *AUDIO_PLACEHOLDERS) if t not in tokenizer.get_vocab()
-    ]
+    start, context, end = image_tokens
+    missing = [t for t in (start, end, context, *AUDIO_PLACEHOLDERS) if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
     return tokenizer
@@ -130,6 +130,7 @@ class EmoReasonProcessor:
         image_std,
         tokens_per_image: int,
         feature_extractor=None,
+        image_tokens=(IMAGE_START, IMAGE_CONTEXT, IMAGE_END),
         frames_per_clip: int = 8,
         max_frames: int = 32,
         max_audio_seconds: float = 30.0,
@@ -149,6 +150,7 @@ class EmoReasonProcessor:
         self.image_mean = np.asarray(image_mean, dtype=np.float32).reshape(3, 1, 1)
         self.image_std = np.asarray(image_std, dtype=np.float32).reshape(3, 1, 1)
         self.tokens_per_image = int(tokens_per_image)
+        self.image_tokens = tuple(image_tokens)  # start, one context token per visual token, end
         self.feature_extractor = feature_extractor
         self.frames_per_clip = frames_per_clip
         self.max_frames = max_frames
@@ -174,12 +176,14 @@ class EmoReasonProcessor:
         adapter = get_adapter(config.base_config["model_type"])
         base_config = adapter.config_from_dict(config.base_config)
         kwargs.setdefault("min_audio_samples", receptive_field(config.audio_config))
+        image_size = adapter.image_size(base_config, image_processor)
         return cls(
-            tokenizer=prepare_tokenizer(base),
-            image_size=adapter.image_size(base_config),
+            tokenizer=prepare_tokenizer(base, image_tokens=adapter.image_tokens),
+            image_size=image_size,
             image_mean=image_processor.image_mean,
             image_std=image_processor.image_std,
-            tokens_per_image=adapter.tokens_per_image(base_config),
+            tokens_per_image=adapter.tokens_per_image(base_config, image_size),
+            image_tokens=adapter.image_tokens,
             feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(str(audio_encoder)),
             frames_per_clip=config.frames_per_clip,
             max_frames=config.max_frames,
@@ -196,6 +200,7 @@ class EmoReasonProcessor:
             "image_mean": self.image_mean.reshape(-1).tolist(),
             "image_std": self.image_std.reshape(-1).tolist(),
             "tokens_per_image": self.tokens_per_image,
+            "image_tokens": list(self.image_tokens),
             "frames_per_clip": self.frames_per_clip,
             "max_frames": self.max_frames,
             "max_audio_seconds": self.max_audio_seconds,
@@ -281,7 +286,8 @@ class EmoReasonProcessor:
         return self._add_frame(media, rgb, faces[0].landmarks_68 if faces else None)
 
     def _image_tokens(self) -> str:
-        return IMAGE_START + IMAGE_CONTEXT * self.tokens_per_image + IMAGE_END
+        start, context, end = self.image_tokens
+        return start + context * self.tokens_per_image + end
 
     def _audio_tokens(self, samples: np.ndarray) -> str:
         from mllm.model.audio import audio_token_count

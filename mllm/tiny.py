@@ -143,7 +143,7 @@ def _save_base(model, tokenizer, image_processor, out: Path) -> None:
     image_processor.save_pretrained(out)
 
 
-def _image_processor_class(name: str):
+def image_processor_class(name: str):
     """The base's image processor class: the torchvision one where torchvision imports, else its PIL twin (which
     transformers would fall back to anyway, warning each time; the CPU set-up removes torchvision on purpose)."""
     import importlib.util
@@ -179,7 +179,7 @@ def build_internvl_base(out: Path, size: str = "tiny", seed: int = 0):
         tie_word_embeddings=False,
     )
     model = InternVLForConditionalGeneration(config)
-    image_processor = _image_processor_class("GotOcr2ImageProcessor")(
+    image_processor = image_processor_class("GotOcr2ImageProcessor")(
         size={"height": image_size, "width": image_size}, crop_to_patches=False, do_convert_rgb=True
     )
     _save_base(model, tokenizer, image_processor, out)
@@ -220,7 +220,7 @@ def build_llava_onevision_base(out: Path, size: str = "tiny", seed: int = 0):
         tie_word_embeddings=True,
     )
     model = LlavaOnevisionForConditionalGeneration(config)
-    image_processor = _image_processor_class("LlavaOnevisionImageProcessor")(
+    image_processor = image_processor_class("LlavaOnevisionImageProcessor")(
         size={"height": image_size, "width": image_size},
         image_grid_pinpoints=pinpoints,
         image_mean=[0.5, 0.5, 0.5],
@@ -231,8 +231,58 @@ def build_llava_onevision_base(out: Path, size: str = "tiny", seed: int = 0):
     return model
 
 
+def build_qwen2_5_vl_base(out: Path, size: str = "tiny", seed: int = 0):
+    """A random Qwen2.5-VL model in its on-disk format: the ViT with window attention (14 px patches, 2x2 merger),
+    a Qwen2 language model with M-RoPE (head_dim 64, mrope_section [8, 12, 12]: the 7B's [16, 24, 24] halved with
+    its head), the tokenizer with Qwen's own vision tokens, and Qwen2-VL's image processor with `max_pixels` set so a
+    face crop is 56 px ("tiny": a 4x4 patch grid, 2x2 = 4 visual tokens) or 224 px ("mid")."""
+    import torch
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from mllm.parts import QWEN_VISION_TOKENS
+
+    tokenizer = build_tokenizer(extra_special_tokens=QWEN_VISION_TOKENS)
+    torch.manual_seed(seed)
+    s = SIZES[size]
+    side = 56 if size == "tiny" else 224
+    text = _text_config(tokenizer, s)
+    text.update(model_type="qwen2_5_vl_text", rope_parameters={"rope_type": "default", "rope_theta": 1e6,
+                                                                 "mrope_section": [8, 12, 12]})  # fmt: skip
+    config = Qwen2_5_VLConfig(
+        vision_config={
+            "depth": s["vision_layers"],
+            "hidden_size": s["vision_hidden"],
+            "intermediate_size": 2 * s["vision_hidden"],
+            "num_heads": max(2, s["vision_hidden"] // 32),
+            "out_hidden_size": s["lm_hidden"],
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 56,
+            "fullatt_block_indexes": [s["vision_layers"] - 1],
+            "tokens_per_second": 2,
+        },
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    image_processor = image_processor_class("Qwen2VLImageProcessor")(
+        min_pixels=28 * 28, max_pixels=side * side, patch_size=14, temporal_patch_size=2, merge_size=2
+    )
+    _save_base(model, tokenizer, image_processor, out)
+    return model
+
+
 # Base model type -> builder of its tiny random checkpoint (one per supported base).
-TINY_BASES = {"internvl": build_internvl_base, "llava_onevision": build_llava_onevision_base}
+TINY_BASES = {
+    "internvl": build_internvl_base,
+    "llava_onevision": build_llava_onevision_base,
+    "qwen2_5_vl": build_qwen2_5_vl_base,
+}
 
 
 def build_audio(out: Path, size: str = "tiny", seed: int = 0):

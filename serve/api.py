@@ -475,7 +475,7 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
             release("500")
             raise
 
-        tally = _Tally(started, metrics, int(embeds.shape[0]), want_logprobs=bool(req.logprobs))
+        tally = _Tally(started, metrics, embeds.tokens, want_logprobs=bool(req.logprobs))
 
         async def deltas():
             if first is not None:

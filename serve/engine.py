@@ -10,8 +10,9 @@ in worker threads so the caller's event loop never blocks. Each request's media 
 in a pool of `render_workers` threads, side by side, so a heavy request does not hold a light one behind it; the
 encoders then run the requests that are ready as one batch. A request given up by its caller (timeout, client gone)
 stops at its next media part or frame. vLLM's `AsyncLLM` runs the checkpoint's exported language model fed
-`prompt_embeds` (ARCHITECTURE.md, decisions 2 and 9), with every LoRA adapter loaded and chosen per request by
-model name. When a request names a task, the completion is constrained to that task's grammar (vLLM structured
+`prompt_embeds` (ARCHITECTURE.md, decisions 2 and 9), or, for the M-RoPE bases (Qwen-VL), the base itself fed the
+token ids with our embeddings as image items and their grids, so vLLM computes the base's 3-D positions as training
+does; every LoRA adapter is loaded and chosen per request by model name. When a request names a task, the completion is constrained to that task's grammar (vLLM structured
 outputs), so it always parses.
 
 An adapter is a trained EmoReason folder (training's output: its LoRA, and new modules that may differ from the
@@ -65,6 +66,16 @@ def _openai_logprobs(position: dict, token_id: int, top: int) -> dict:
 
     ranked = sorted(position.values(), key=lambda lp: lp.rank if lp.rank is not None else 1 << 30)
     return {**item(position[token_id]), "top_logprobs": [item(lp) for lp in ranked[:top]]}
+
+
+@dataclass
+class Prompt:
+    """One request's prompt, as vLLM takes it: `inputs` is `{"prompt_embeds": E}` for bases with 1-D positions, or
+    the token ids with our media embeddings as image items and their grids for the M-RoPE bases
+    (`mllm.model.bases.Qwen2_5_VLAdapter.vllm_prompt`); `tokens` is its length in the language model's tokens."""
+
+    inputs: dict
+    tokens: int
 
 
 @dataclass
@@ -156,6 +167,7 @@ class Engine:
         render_workers: int = 4,
         face_cache: bool = True,
         status=None,
+        max_mm_items: int = 64,
     ):
         from mllm.export import check_checkpoint, load_model, resolve_checkpoint, served_model
         from mllm.processor import EmoReasonProcessor
@@ -181,6 +193,7 @@ class Engine:
         self.dtype = dtype or (cpu_dtype() if cpu else "auto")
         self.enforce_eager = bool(enforce_eager) if enforce_eager is not None else False
         self.max_num_seqs = max_num_seqs
+        self.max_mm_items = max_mm_items
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib or 2))
             if (os.cpu_count() or 1) <= 4:
@@ -201,6 +214,8 @@ class Engine:
             return main, self.processor.tokenizer
 
         self.lm_dir, own_lora = served_model(self.model_dir, exported)
+        # M-RoPE bases (Qwen-VL) are served as the base itself, fed our embeddings as image items with their grids.
+        self.mm_embeds = main.adapter.positions == "mrope"
         self.encoders = {_new_module_digest(main): main}
         main_key = next(iter(self.encoders))
         ids = itertools.count(1)
@@ -269,9 +284,16 @@ class Engine:
         if ranks:
             slot = next((r for r in LORA_SLOTS if r >= max(ranks)), max(ranks))
             lora = {"enable_lora": True, "max_lora_rank": slot, "max_loras": len(ranks)}
+        # The 1-D bases take prompt_embeds; the M-RoPE bases take image items (a request's images, video frames
+        # and audio clips, each one item): at most max_frames frames a part, across the parts a request may hold.
+        inputs = (
+            {"enable_mm_embeds": True, "limit_mm_per_prompt": {"image": self.max_mm_items}}
+            if self.mm_embeds
+            else {"enable_prompt_embeds": True}
+        )
         args = AsyncEngineArgs(
             model=str(self.lm_dir),
-            enable_prompt_embeds=True,
+            **inputs,
             dtype=self.dtype,
             enforce_eager=self.enforce_eager,
             max_model_len=self.max_model_len,
@@ -320,7 +342,7 @@ class Engine:
         return self.served[model]
 
     async def embed(self, messages: list[dict], model: str | None = None, limits: dict | None = None, access=None):
-        """The prompt embeddings (tokens, hidden) of one conversation, from the encoders `model` uses. `access`:
+        """The prompt of one conversation (a `Prompt`: its embeddings), from the encoders `model` uses. `access`:
         what its media may name and cost (`mllm.parts.MediaAccess`; default: anything, for the user's own
         commands). Cancelling the caller (a timeout, a client that left) stops the work at its next part or frame."""
         if self._wake is None:
@@ -340,7 +362,7 @@ class Engine:
             stop.set()  # finished, failed or given up: a render still running stops at its next part or frame
 
     def encode_now(self, conversations: list[list[dict]], model: str | None = None, limits: dict | None = None):
-        """Each conversation's prompt embeddings, or the `RequestError` refusing it, computed in the calling thread
+        """Each conversation's `Prompt`, or the `RequestError` refusing it, computed in the calling thread
         in batches (no started engine needed): a one-shot caller checks every input before vLLM starts."""
         encoder = self._served(model).encoder
         out = []
@@ -427,11 +449,17 @@ class Engine:
             with torch.no_grad():
                 embeds = model.build_inputs_embeds(input_ids, **concat_media([rows for _, rows in items]))
             for k, (i, _) in enumerate(items):
-                results[i] = embeds[k][mask[k].bool()].float().clone()
+                results[i] = self._prompt(model, ids[k], embeds[k][mask[k].bool()])
             self.stats["encoded"] += len(items)
         self.stats["encoder_batches"] += 1
         self.stats["largest_encoder_batch"] = max(self.stats["largest_encoder_batch"], len(batch))
         return results
+
+    def _prompt(self, model, ids, embeds) -> Prompt:
+        import torch
+
+        dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
+        return Prompt(model.vllm_inputs(ids, embeds.to(dtype).clone()), len(ids))
 
     # Generation ---------------------------------------------------------------------------------------------------
 
@@ -518,7 +546,7 @@ class Engine:
         embeds=None,
     ) -> AsyncIterator[Delta]:
         """The completion as it is generated. Stopping the iteration (a client that left) aborts the request.
-        `embeds`: the prompt's embeddings when the caller computed them already (`embed`)."""
+        `embeds`: the prompt when the caller computed it already (`embed`)."""
         from vllm.lora.request import LoRARequest
 
         served = self._served(model)
@@ -526,19 +554,15 @@ class Engine:
         if embeds is None:
             embeds = await self.embed(messages, model, limits)
         if prompt_tokens is not None:
-            prompt_tokens.append(int(embeds.shape[0]))
-        room = self.max_model_len - embeds.shape[0]
+            prompt_tokens.append(embeds.tokens)
+        room = self.max_model_len - embeds.tokens
         if params.max_tokens > room:
             params.max_tokens = room  # the context bounds the completion; vLLM would refuse the request
-        if self.dtype == "bfloat16":
-            import torch
-
-            embeds = embeds.to(torch.bfloat16)
         lora = LoRARequest(served.name, served.lora_id, str(served.lora_path)) if served.lora_path else None
         request_id = request_id or uuid.uuid4().hex
         self.stats["running"] += 1
         try:
-            async for out in self.llm.generate({"prompt_embeds": embeds}, params, request_id, lora_request=lora):
+            async for out in self.llm.generate(embeds.inputs, params, request_id, lora_request=lora):
                 piece = out.outputs[0]
                 logprobs = entries = None
                 if piece.logprobs is not None:

@@ -79,6 +79,9 @@ class StartupLog:
         # Records logged before a library configures its logger (vLLM's Triton notice) go to the log too.
         logging.lastResort = logging.StreamHandler(sys.__stderr__)
         logging.lastResort.setLevel(logging.WARNING)
+        # torch's standard build, on a machine with a CUDA toolkit but no GPU, notes "No CUDA runtime is found" when
+        # vLLM imports its extension builder, through a handler torch made on this process's stderr: noise on CPU.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
         def to_log(message, category, filename, lineno, file=None, line=None):
             sys.__stderr__.write(warnings.formatwarning(message, category, filename, lineno, line))

@@ -122,10 +122,26 @@ def tiny_llava_onevision_dir(tmp_path_factory):
     return root
 
 
-@pytest.fixture(scope="session", params=["internvl", "llava_onevision"])
+@pytest.fixture(scope="session")
+def tiny_qwen2_5_vl_dir(tmp_path_factory):
+    from mllm.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny_qwen2_5_vl")
+    make_tiny(root, base="qwen2_5_vl")
+    return root
+
+
+TINY_DIR_FIXTURES = {
+    "internvl": "tiny_dir",
+    "llava_onevision": "tiny_llava_onevision_dir",
+    "qwen2_5_vl": "tiny_qwen2_5_vl_dir",
+}
+
+
+@pytest.fixture(scope="session", params=list(TINY_DIR_FIXTURES))
 def tiny_base_dir(request):
     """The tiny checkpoint folder of each supported base."""
-    return request.getfixturevalue("tiny_dir" if request.param == "internvl" else "tiny_llava_onevision_dir")
+    return request.getfixturevalue(TINY_DIR_FIXTURES[request.param])
 
 
 @pytest.fixture(scope="session")

@@ -3,8 +3,11 @@
 An adapter says how to build or load the base, how it turns pixels into visual tokens, where its text embeddings
 and language model are, and how that language model is exported as a plain causal LM for vLLM.
 
-Only bases whose language model uses ordinary 1-D positions and causal attention can be served through
-`prompt_embeds` (ARCHITECTURE.md, decision 2); the others are refused with the reason.
+Bases whose language model uses ordinary 1-D positions and causal attention are served through `prompt_embeds`
+(ARCHITECTURE.md, decision 2). The Qwen-VL bases use M-RoPE (3-D positions over time, height and width, computed
+from each image's grid): their adapters give the positions (`position_ids`) from the base's own `get_rope_index`, and
+they are served as the base's own model fed our visual and audio embeddings as image items with their grids, so vLLM
+computes the same positions. Other families are refused with the reason.
 
 Every image and video frame is one fixed-size tile (the base's `image_size`): the processor gives one aligned face
 crop (or the whole frame) per image, so multi-tile schemes (InternVL's dynamic crops, LLaVA-OneVision's anyres grid)
@@ -21,10 +24,8 @@ from torch import nn
 
 # Families that cannot be served exactly through vLLM's prompt_embeds, and why.
 REFUSED: dict[str, str] = {
-    "qwen2_5_vl": "Qwen2.5-VL uses M-RoPE (3-D rotary positions over time, height and width); a language model fed "
-    "prompt_embeds in vLLM gets 1-D positions, so served outputs would differ from training",
     "qwen2_vl": "Qwen2-VL uses M-RoPE (3-D rotary positions); prompt_embeds serving gives 1-D positions",
-    "qwen3_vl": "Qwen3-VL uses interleaved M-RoPE (3-D rotary positions); prompt_embeds serving gives 1-D positions",
+    "qwen3_vl": "Qwen3-VL (interleaved M-RoPE and deepstack features) is not supported yet",
     "qwen3_vl_moe": "Qwen3-VL-MoE uses interleaved M-RoPE (3-D rotary positions); prompt_embeds gives 1-D positions",
     "gemma3": "Gemma 3 attends bidirectionally among image tokens; vLLM's causal language model over prompt_embeds "
     "cannot reproduce that mask",
@@ -46,6 +47,11 @@ class _HFVisionLanguageAdapter:
     # Where the decoder lives in the base, and what the exported causal LM calls it.
     language_model_prefix = "model.language_model."
     exported_prefix = "model."
+    # How the processor writes one image: start, one context token per visual token, end (our own tokens, added to
+    # the base's tokenizer; bases with their own image delimiters name theirs).
+    image_tokens = ("<img>", "<IMG_CONTEXT>", "</img>")
+    # Positions: "1d" (the language model's ordinary ones) or "mrope" (3-D, from the grids; `position_ids`).
+    positions = "1d"
 
     def _class(self, name: str):
         import transformers
@@ -64,12 +70,16 @@ class _HFVisionLanguageAdapter:
     def text_config(self, base: nn.Module):
         return base.config.text_config
 
-    def image_size(self, config) -> int:
+    def image_size(self, config, image_processor=None) -> int:
         """Side of the square image the vision tower takes, from the base's config."""
         return _side(config.vision_config.image_size)
 
-    def tokens_per_image(self, config) -> int:
+    def tokens_per_image(self, config, image_size: int | None = None) -> int:
         raise NotImplementedError
+
+    def position_ids(self, base: nn.Module, input_ids, attention_mask, image_token_id, audio_token_id):
+        """The language model's position ids for a batch, or None where its own 1-D positions are right."""
+        return None
 
     def image_features(self, base: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """(num_images, 3, S, S) -> (num_images, tokens_per_image, lm_hidden)."""
@@ -101,10 +111,10 @@ class InternVLAdapter(_HFVisionLanguageAdapter):
     config_class = "InternVLConfig"
     model_class = "InternVLForConditionalGeneration"
 
-    def tokens_per_image(self, config) -> int:
+    def tokens_per_image(self, config, image_size: int | None = None) -> int:
         """Visual tokens one image becomes: patches per side squared, shrunk by the pixel shuffle."""
         patch = _side(config.vision_config.patch_size)
-        return int((self.image_size(config) // patch) ** 2 * config.downsample_ratio**2)
+        return int(((image_size or self.image_size(config)) // patch) ** 2 * config.downsample_ratio**2)
 
     def image_features(self, base: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         out = base.model.get_image_features(
@@ -136,7 +146,7 @@ class LlavaOnevisionAdapter(_HFVisionLanguageAdapter):
             )
         return self.image_size(config) // _side(config.vision_config.patch_size)
 
-    def tokens_per_image(self, config) -> int:
+    def tokens_per_image(self, config, image_size: int | None = None) -> int:
         """Patches per side, halved (rounded up) by the 2x2 pooling, squared."""
         return math.ceil(self._grid_side(config) / 2) ** 2
 
@@ -150,7 +160,147 @@ class LlavaOnevisionAdapter(_HFVisionLanguageAdapter):
         return out.pooler_output[:, :-1]  # drop the image_newline appended after each "video"
 
 
-BASE_ADAPTERS: dict[str, type] = {"internvl": InternVLAdapter, "llava_onevision": LlavaOnevisionAdapter}
+class Qwen2_5_VLAdapter(_HFVisionLanguageAdapter):
+    """Qwen2.5-VL (`Qwen2_5_VLForConditionalGeneration`, e.g. `Qwen/Qwen2.5-VL-7B-Instruct`): a ViT with 2-D rotary
+    positions and window attention over 14 px patches, whose merger (the projector) joins 2x2 patches into one token
+    of the language model's width; a Qwen2 language model with M-RoPE.
+
+    Every image and frame is one square of `image_size` px (the face crop): a (1, S/14, S/14) grid, (S/28)^2 visual
+    tokens in row-major order over the merged grid, so face attention relates each to its landmarks. S is 448 (256
+    tokens), or less where the base's image processor caps `max_pixels` lower. Images are written as the base writes
+    them, `<|vision_start|>` + one `<|image_pad|>` per token + `<|vision_end|>`.
+
+    Positions: each image is an item with grid (1, S/14, S/14); each audio clip of n tokens is an item with grid
+    (1, 2, 2n), a strip one merged row high, so its tokens advance the width axis as a line of patches would. The
+    base's own `get_rope_index` gives the 3-D positions of training and `generate`; vLLM computes the same from the
+    same grids (`tests/serve/test_qwen_parity.py`)."""
+
+    model_type = "qwen2_5_vl"
+    config_class = "Qwen2_5_VLConfig"
+    model_class = "Qwen2_5_VLForConditionalGeneration"
+    image_tokens = ("<|vision_start|>", "<|image_pad|>", "<|vision_end|>")
+    positions = "mrope"
+    exported_prefix = "model.language_model."  # served as the base itself (mllm.export.export_multimodal_base)
+    face_side = 448  # px of a face crop: 16x16 = 256 visual tokens
+
+    def _factor(self, config) -> int:
+        return int(config.vision_config.patch_size) * int(config.vision_config.spatial_merge_size)
+
+    def image_size(self, config, image_processor=None) -> int:
+        """448 px, or the largest square the image processor's pixel budget (`max_pixels`) allows, in whole merged
+        patches (28 px)."""
+        factor = self._factor(config)
+        side = self.face_side
+        size = getattr(image_processor, "size", None) or {}
+        budget = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+        budget = budget or getattr(image_processor, "max_pixels", None)
+        if budget:
+            side = min(side, int(math.isqrt(int(budget))))
+        return max(factor, side // factor * factor)
+
+    def tokens_per_image(self, config, image_size: int | None = None) -> int:
+        return ((image_size or self.image_size(config)) // self._factor(config)) ** 2
+
+    def projector(self, base: nn.Module) -> nn.Module:
+        return base.model.visual.merger
+
+    def patches(self, config, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(N, 3, S, S) normalised pixels -> the vision tower's input, as the base's image processor lays it out:
+        (N * (S/14)^2, 3 * temporal_patch * 14 * 14) patches, each image repeated over the temporal patch, ordered by
+        2x2 merge window; and the grids, (N, 3) rows of (1, S/14, S/14)."""
+        vision = config.vision_config
+        patch, merge, temporal = (
+            int(vision.patch_size),
+            int(vision.spatial_merge_size),
+            int(vision.temporal_patch_size),
+        )
+        n, channels, height, width = pixel_values.shape
+        gh, gw = height // patch, width // patch
+        x = pixel_values[:, None].expand(n, temporal, channels, height, width)
+        x = x.reshape(n, temporal, channels, gh // merge, merge, patch, gw // merge, merge, patch)
+        x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # n, gh/m, gw/m, m, m, c, t, p, p
+        flat = x.reshape(n * gh * gw, channels * temporal * patch * patch)
+        grid = torch.tensor([[1, gh, gw]] * n, dtype=torch.long, device=pixel_values.device)
+        return flat, grid
+
+    def image_features(self, base: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        flat, grid = self.patches(base.config, pixel_values)
+        out = base.model.get_image_features(pixel_values=flat, image_grid_thw=grid, return_dict=True)
+        return torch.stack(list(out.pooler_output))
+
+    def item_grids(self, config, input_ids_row: torch.Tensor, image_token_id: int, audio_token_id: int):
+        """The (t, h, w) grid of every media item in one sequence, in order: each run of image tokens is an image,
+        each run of audio tokens an audio strip."""
+        merge = int(config.vision_config.spatial_merge_size)
+        is_media = (input_ids_row == image_token_id) | (input_ids_row == audio_token_id)
+        grids = []
+        ids = input_ids_row.tolist()
+        flags = is_media.tolist()
+        i = 0
+        while i < len(ids):
+            if not flags[i]:
+                i += 1
+                continue
+            j = i
+            while j < len(ids) and flags[j] and ids[j] == ids[i]:
+                j += 1
+            count = j - i
+            if ids[i] == image_token_id:
+                side = math.isqrt(count)
+                if side * side != count:
+                    raise ValueError(f"an image of {count} tokens is not a square grid")
+                grids.append((1, side * merge, side * merge))
+            else:
+                grids.append((1, merge, count * merge))
+            i = j
+        return grids
+
+    def vllm_prompt(self, config, input_ids: torch.Tensor, embeds: torch.Tensor, image_token_id, audio_token_id):
+        """One sequence (no padding) and its embeddings as vLLM's prompt for the base itself: the token ids with each
+        media item's run of tokens (image or audio) shortened to one `<|image_pad|>`, and every item's embeddings as
+        an image item with its grid (`multi_modal_data` with `image_embeds` / `image_grid_thw`, vLLM's
+        `enable_mm_embeds`). vLLM expands each placeholder back to the grid's count and computes the positions from
+        the grids, as `position_ids` does here."""
+        ids = input_ids.tolist()
+        grids = self.item_grids(config, input_ids, image_token_id, audio_token_id)
+        prompt, values, i = [], [], 0
+        while i < len(ids):
+            if ids[i] not in (image_token_id, audio_token_id):
+                prompt.append(ids[i])
+                i += 1
+                continue
+            j = i
+            while j < len(ids) and ids[j] == ids[i]:
+                j += 1
+            prompt.append(image_token_id)
+            values.append(embeds[i:j])
+            i = j
+        if not grids:
+            return {"prompt_token_ids": prompt}
+        image = {"image_embeds": torch.cat(values), "image_grid_thw": torch.tensor(grids, dtype=torch.long)}
+        return {"prompt_token_ids": prompt, "multi_modal_data": {"image": image}}
+
+    def position_ids(self, base: nn.Module, input_ids, attention_mask, image_token_id, audio_token_id):
+        """(3, B, L) M-RoPE positions from the base's own `get_rope_index`, media items as `item_grids` says."""
+        is_media = (input_ids == image_token_id) | (input_ids == audio_token_id)
+        if not bool(is_media.any()):
+            return None
+        rows = input_ids if attention_mask is None else [r[m.bool()] for r, m in zip(input_ids, attention_mask)]
+        grids = [g for row in rows for g in self.item_grids(base.config, row, image_token_id, audio_token_id)]
+        positions, _ = base.model.get_rope_index(
+            input_ids,
+            mm_token_type_ids=is_media.int(),
+            image_grid_thw=torch.tensor(grids, dtype=torch.long, device=input_ids.device),
+            attention_mask=attention_mask,
+        )
+        return positions
+
+
+BASE_ADAPTERS: dict[str, type] = {
+    "internvl": InternVLAdapter,
+    "llava_onevision": LlavaOnevisionAdapter,
+    "qwen2_5_vl": Qwen2_5_VLAdapter,
+}
 
 
 def get_adapter(model_type: str):

@@ -86,7 +86,7 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         audio_encoder = resolve_checkpoint(audio_encoder, what="audio encoder", download=False)
         base_type = AutoConfig.from_pretrained(str(base)).model_type
         adapter = get_adapter(base_type)
-        tokenizer = prepare_tokenizer(str(base))
+        tokenizer = prepare_tokenizer(str(base), image_tokens=adapter.image_tokens)
         base_model = adapter.load(str(base), dtype=dtype)
         if base_model.get_input_embeddings().num_embeddings < len(tokenizer):
             base_model.resize_token_embeddings(len(tokenizer))
@@ -96,7 +96,9 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
             base_config=base_model.config.to_dict(),
             audio_encoder=str(audio_encoder),
             audio_config=encoder.config.to_dict(),
-            image_token_id=tokenizer.convert_tokens_to_ids(config_overrides.get("image_token", "<IMG_CONTEXT>")),
+            image_token_id=tokenizer.convert_tokens_to_ids(
+                config_overrides.setdefault("image_token", adapter.image_tokens[1])
+            ),
             audio_token_id=tokenizer.convert_tokens_to_ids(config_overrides.get("audio_token", "<AUDIO_CONTEXT>")),
             eos_token_id=adapter.text_config(base_model).eos_token_id,
             pad_token_id=tokenizer.pad_token_id,
@@ -196,10 +198,33 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
     # ------------------------------------------------------------------------------------------------------------
     # Training forward and generation
 
+    def position_ids(self, input_ids, attention_mask=None):
+        """The language model's positions for these tokens: None for bases with ordinary 1-D positions, (3, B, L)
+        M-RoPE positions from the media items' grids for the Qwen-VL bases (`mllm.model.bases`)."""
+        if input_ids is None:
+            return None
+        return self.adapter.position_ids(
+            self.base, input_ids.to(self.device), None if attention_mask is None else attention_mask.to(self.device),
+            self.config.image_token_id, self.config.audio_token_id,
+        )  # fmt: skip
+
+    def vllm_inputs(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> dict:
+        """One sequence's prompt for vLLM, from its token ids and `build_inputs_embeds` output (no padding):
+        `{"prompt_embeds": embeds}` for the bases served as a plain causal LM; for the M-RoPE bases, the token ids
+        with every media item's embeddings as an image item with its grid (`mllm.model.bases`), so vLLM computes
+        the positions `position_ids` gives here."""
+        if self.adapter.positions != "mrope":
+            return {"prompt_embeds": embeds}
+        return self.adapter.vllm_prompt(
+            self.base.config, input_ids, embeds, self.config.image_token_id, self.config.audio_token_id
+        )
+
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
         media = _pop_media(kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.build_inputs_embeds(input_ids, **media)
+        if kwargs.get("position_ids") is None and self.adapter.positions != "1d":
+            kwargs["position_ids"] = self.position_ids(input_ids, attention_mask)
         return self.base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
@@ -209,7 +234,34 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         if kwargs.get("generation_config") is None:
             kwargs.setdefault("eos_token_id", self.config.eos_token_id)
             kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        if self.adapter.positions == "mrope":
+            return self._generate_mrope(input_ids, inputs_embeds, attention_mask, **kwargs)
         return self.base.generate(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
+
+    def _generate_mrope(self, input_ids, inputs_embeds, attention_mask, **kwargs):
+        """The base's `generate` from our embeddings, its M-RoPE positions computed from the prompt's media items
+        (the base's `_prepare_position_ids_for_generation` reads them from input_ids, the token types and grids);
+        each new token then follows the prompt's last position, as in the base and in vLLM."""
+        input_ids = input_ids.to(self.device)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        attention_mask = attention_mask.to(self.device)
+        is_media = (input_ids == self.config.image_token_id) | (input_ids == self.config.audio_token_id)
+        if bool(is_media.any()):
+            rows = [r[m.bool()] for r, m in zip(input_ids, attention_mask, strict=True)]
+            grids = [
+                g
+                for row in rows
+                for g in self.adapter.item_grids(
+                    self.base.config, row, self.config.image_token_id, self.config.audio_token_id
+                )
+            ]
+            kwargs["mm_token_type_ids"] = is_media.int()
+            kwargs["image_grid_thw"] = torch.tensor(grids, dtype=torch.long, device=self.device)
+        out = self.base.generate(
+            input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs
+        )
+        return out[:, input_ids.shape[1] :]
 
 
 class MediaBackbone:
@@ -227,6 +279,8 @@ class MediaBackbone:
         media = _pop_media(kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.model.build_inputs_embeds(input_ids, **media)
+        if kwargs.get("position_ids") is None and self.model.adapter.positions != "1d":
+            kwargs["position_ids"] = self.model.position_ids(input_ids, attention_mask)
         decoder = self.model.adapter.language_model(self.model.base)
         return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 

@@ -9,8 +9,10 @@ from mllm import synthetic
 from mllm.export import language_model_lora_config
 from mllm.model import EmoReasonForConditionalGeneration, FaceRegionGuidedAttention, get_adapter
 
-TOKENS_PER_IMAGE = 4  # tiny bases: 64 px images, 16 px patches; pixel shuffle 0.5 (InternVL), 2x2 pooling (OneVision)
-BASES = ("internvl", "llava_onevision")
+# tiny bases: 64 px images, 16 px patches, pixel shuffle 0.5 (InternVL), 2x2 pooling (OneVision); 56 px images, 14 px
+# patches, 2x2 merger (Qwen2.5-VL)
+TOKENS_PER_IMAGE = 4
+BASES = ("internvl", "llava_onevision", "qwen2_5_vl")
 
 
 def user(*parts):
@@ -128,11 +130,12 @@ def test_face_attention_starts_near_identity_and_skips_faceless_frames():
 
 def test_refused_and_unknown_bases():
     with pytest.raises(ValueError, match="M-RoPE"):
-        get_adapter("qwen2_5_vl")
+        get_adapter("qwen2_vl")
     with pytest.raises(ValueError, match="bidirectional"):
         get_adapter("gemma3")
     with pytest.raises(
-        ValueError, match=r"unknown base model type 'bert'; supported: \['internvl', 'llava_onevision'\]"
+        ValueError,
+        match=r"unknown base model type 'bert'; supported: \['internvl', 'llava_onevision', 'qwen2_5_vl'\]",
     ):
         get_adapter("bert")
 
@@ -148,6 +151,20 @@ def test_tokens_per_image_of_the_real_configurations():
     assert onevision.tokens_per_image(LlavaOnevisionConfig()) == 196
     with pytest.raises(ValueError, match="needs the full patch grid"):
         onevision.tokens_per_image(LlavaOnevisionConfig(vision_feature_select_strategy="default"))
+
+
+def test_qwen2_5_vl_face_crops_follow_the_image_processors_pixel_budget():
+    """Qwen2.5-VL-7B's processor allows 12.8 MP: a face crop is 448 px, 32x32 patches merged 2x2 -> 256 tokens. A
+    processor capped lower (max_pixels) gives the largest square of whole 28 px merged patches within it."""
+    from types import SimpleNamespace
+
+    from transformers import Qwen2_5_VLConfig
+
+    qwen, config = get_adapter("qwen2_5_vl"), Qwen2_5_VLConfig()
+    seven_b = SimpleNamespace(size={"shortest_edge": 3136, "longest_edge": 12845056})
+    assert qwen.image_size(config, seven_b) == 448 and qwen.tokens_per_image(config, 448) == 256
+    capped = SimpleNamespace(size={"shortest_edge": 3136, "longest_edge": 300 * 300})
+    assert qwen.image_size(config, capped) == 280 and qwen.tokens_per_image(config, 280) == 100
 
 
 def test_llava_onevision_from_base_adds_placeholders_and_keeps_tied_embeddings(tiny_llava_onevision_dir):
@@ -170,9 +187,9 @@ def test_each_base_embeds_generates_and_round_trips(tiny_base_dir, video_with_au
     model = EmoReasonForConditionalGeneration.from_pretrained(str(tiny_base_dir / "emoreason")).eval()
     processor = EmoReasonProcessor.from_pretrained(tiny_base_dir / "emoreason")
     batch = processor([user({"type": "video", "video": str(video_with_audio)})])
-    frames = processor.frames_per_clip
-    assert batch["pixel_values"].shape == (frames, 3, 64, 64)
-    assert count(batch, processor, "<IMG_CONTEXT>") == frames * TOKENS_PER_IMAGE
+    frames, side = processor.frames_per_clip, processor.image_size
+    assert batch["pixel_values"].shape == (frames, 3, side, side) and side in (56, 64)
+    assert count(batch, processor, processor.image_tokens[1]) == frames * TOKENS_PER_IMAGE
     with torch.no_grad():
         embeds = model.build_inputs_embeds(**batch)
         logits = model(**batch).logits
@@ -217,10 +234,10 @@ def test_one_step_changes_every_trainable_parameter_and_no_frozen_one(tiny_base_
     before = {n: p.detach().clone() for n, p in peft_model.named_parameters()}
     trainable = {n for n, p in peft_model.named_parameters() if p.requires_grad}
     assert any("lora_A" in n for n in trainable) and any("face_attention" in n for n in trainable)
-    assert any("audio_branch.projector" in n for n in trainable) and any(
-        "multi_modal_projector" in n for n in trainable
-    )
-    assert not any("audio_branch.encoder" in n or "vision_tower" in n for n in trainable)
+    assert any("audio_branch.projector" in n for n in trainable)
+    assert any("multi_modal_projector" in n or "visual.merger" in n for n in trainable)
+    assert not any("audio_branch.encoder" in n or "vision_tower" in n or "visual.blocks" in n for n in trainable)
+    assert not any("visual" in n and "lora" in n for n in trainable)  # LoRA on the language model only
     optimizer = torch.optim.AdamW([p for p in peft_model.parameters() if p.requires_grad], lr=1e-3)
     peft_model(**batch).loss.backward()
     optimizer.step()

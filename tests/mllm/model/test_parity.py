@@ -1,7 +1,8 @@
 """Greedy tokens from transformers `generate` on `build_inputs_embeds` equal vLLM's (the CPU build) from the same
-embeddings passed as `prompt_embeds` to the exported language model, without and with a LoRA adapter, for every
-supported base. One engine per base: the module-scoped fixtures are parametrized by base, so pytest runs one base's
-tests, stops its engine, then starts the next."""
+embeddings, without and with a LoRA adapter, for every supported base: passed as `prompt_embeds` to the exported
+language model, or, for the M-RoPE base (Qwen2.5-VL), as image items with their grids to the base itself, whose
+3-D positions vLLM computes (checked directly against ours too). One engine per base: the module-scoped fixtures are
+parametrized by base, so pytest runs one base's tests, stops its engine, then starts the next."""
 
 import os
 import time
@@ -54,9 +55,13 @@ def served(base, tmp_path_factory):
 @pytest.fixture(scope="module")
 def llm(served):
     started = time.perf_counter()
+    mrope = served["model"].adapter.positions == "mrope"
+    inputs = (
+        {"enable_mm_embeds": True, "limit_mm_per_prompt": {"image": 16}} if mrope else {"enable_prompt_embeds": True}
+    )
     engine = vllm.LLM(
         model=str(served["lm"]),
-        enable_prompt_embeds=True,
+        **inputs,
         enable_lora=True,
         max_lora_rank=8,
         max_loras=1,
@@ -72,8 +77,13 @@ def llm(served):
 
 
 @pytest.fixture(scope="module")
-def prompts(base, video_with_audio, astronaut_png, video_no_face):
+def prompts(base, video_with_audio, astronaut_png, video_no_face, media_dir):
+    from mllm import synthetic
+
     tiny_processor = base[1]
+    speech = synthetic.write_audio(
+        media_dir / "parity-voice.wav", synthetic.speech_or_tone("Maybe. I do not know.", 2.0)
+    )
 
     def user(part):
         return [{"role": "user", "content": [part, {"type": "text", "text": "Which emotion?"}]}]
@@ -82,23 +92,25 @@ def prompts(base, video_with_audio, astronaut_png, video_no_face):
         tiny_processor([user({"type": "video", "video": str(video_with_audio)})]),
         tiny_processor([user({"type": "image", "image": str(astronaut_png)})]),
         tiny_processor([user({"type": "video", "video": str(video_no_face)})]),
+        tiny_processor([user({"type": "audio", "audio": str(speech)})]),
     ]
 
 
-def _vllm_tokens(llm, embeds, lora=None):
+def _vllm_tokens(llm, inputs, lora=None):
     from vllm.lora.request import LoRARequest
 
     params = vllm.SamplingParams(temperature=0, max_tokens=MAX_NEW_TOKENS)
     request = LoRARequest("adapter", 1, str(lora)) if lora else None
-    outputs = llm.generate([{"prompt_embeds": e} for e in embeds], params, lora_request=request, use_tqdm=False)
+    outputs = llm.generate(list(inputs), params, lora_request=request, use_tqdm=False)
     return [list(o.outputs[0].token_ids) for o in outputs]
 
 
 def _hf_tokens(model, batch):
+    """(vLLM's input for this prompt, from the same embeddings; transformers' greedy tokens)."""
     with torch.no_grad():
         embeds = model.build_inputs_embeds(**batch)[0]
         tokens = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[0].tolist()
-    return embeds, tokens
+    return model.vllm_inputs(batch["input_ids"][0], embeds), tokens
 
 
 def test_parity_without_adapter(llm, served, prompts):
@@ -158,5 +170,44 @@ def test_a_trained_models_export_serves_its_greedy_tokens(llm, base, served, req
     pairs = [_hf_tokens(trained, b) for b in batches]
     params = vllm.SamplingParams(temperature=0, max_tokens=MAX_NEW_TOKENS)
     request_lora = LoRARequest("trained", 2, str(final / "served" / "lora"))  # id 2: id 1 is the other adapter
-    outputs = llm.generate([{"prompt_embeds": e} for e, _ in pairs], params, lora_request=request_lora, use_tqdm=False)
+    outputs = llm.generate([e for e, _ in pairs], params, lora_request=request_lora, use_tqdm=False)
     assert [list(o.outputs[0].token_ids) for o in outputs] == [t for _, t in pairs]
+
+
+def test_vllm_computes_the_positions_training_uses(llm, served, prompts):
+    """M-RoPE bases: vLLM's own `get_mrope_input_positions`, on the request as vLLM's input processor made it
+    (placeholders expanded from the grids), equals the (3, L) positions our training forward and `generate` use."""
+    from types import SimpleNamespace
+
+    model = served["model"]
+    if model.adapter.positions != "mrope":
+        pytest.skip("1-D positions: prompt_embeds are placed one after another")
+    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as Served
+
+    engine = llm.llm_engine
+    shape = SimpleNamespace(config=engine.model_config.hf_config)
+    shape.iter_mm_grid_thw = lambda features: Served.iter_mm_grid_thw(shape, features)
+    for n, batch in enumerate(prompts):
+        with torch.no_grad():
+            embeds = model.build_inputs_embeds(**batch)[0]
+        request = engine.input_processor.process_inputs(
+            f"positions-{n}", model.vllm_inputs(batch["input_ids"][0], embeds), vllm.SamplingParams(max_tokens=1),
+            supported_tasks=engine.get_supported_tasks(),
+        )  # fmt: skip
+        theirs, _ = Served.get_mrope_input_positions(shape, request.prompt_token_ids, request.mm_features)
+        ours = model.position_ids(batch["input_ids"], batch["attention_mask"])[:, 0]
+        assert len(request.prompt_token_ids) == batch["input_ids"].shape[1]
+        torch.testing.assert_close(theirs, ours, atol=0, rtol=0)
+
+
+def test_text_positions_for_the_media_would_fail_parity(llm, served, prompts):
+    """The negative control: transformers generating from the same embeddings at 1-D text positions disagrees with
+    vLLM on the media prompts, so the parity above holds because the 3-D positions are the same, not by chance."""
+    model = served["model"]
+    if model.adapter.positions != "mrope":
+        pytest.skip("1-D positions are the only ones")
+    with served["peft"].disable_adapter(), torch.no_grad():
+        served_tokens = _vllm_tokens(llm, [_hf_tokens(model, b)[0] for b in prompts])
+        flat = [model.base.generate(inputs_embeds=model.build_inputs_embeds(**b), attention_mask=b["attention_mask"],
+                                    max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[0].tolist() for b in prompts]  # fmt: skip
+    assert any(f != t for f, t in zip(flat, served_tokens, strict=True))
