@@ -12,8 +12,8 @@ encoders then run the requests that are ready as one batch. A request given up b
 stops at its next media part or frame. vLLM's `AsyncLLM` runs the checkpoint's exported language model fed
 `prompt_embeds` (ARCHITECTURE.md, decisions 2 and 9), or, for the M-RoPE bases (Qwen-VL), the base itself fed the
 token ids with our embeddings as image items and their grids, so vLLM computes the base's 3-D positions as training
-does; every LoRA adapter is loaded and chosen per request by model name. When a request names a task, the completion is constrained to that task's grammar (vLLM structured
-outputs), so it always parses.
+does; every LoRA adapter is loaded and chosen per request by model name. When a request names a task, the
+completion is constrained to that task's grammar (vLLM structured outputs), so it always parses.
 
 An adapter is a trained EmoReason folder (training's output: its LoRA, and new modules that may differ from the
 main model's) or a PEFT LoRA adapter folder for the same base. A folder whose new modules differ gets its own

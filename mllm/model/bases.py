@@ -285,7 +285,10 @@ class Qwen2_5_VLAdapter(_HFVisionLanguageAdapter):
         is_media = (input_ids == image_token_id) | (input_ids == audio_token_id)
         if not bool(is_media.any()):
             return None
-        rows = input_ids if attention_mask is None else [r[m.bool()] for r, m in zip(input_ids, attention_mask)]
+        if attention_mask is None:
+            rows = list(input_ids)
+        else:
+            rows = [r[m.bool()] for r, m in zip(input_ids, attention_mask, strict=True)]
         grids = [g for row in rows for g in self.item_grids(base.config, row, image_token_id, audio_token_id)]
         positions, _ = base.model.get_rope_index(
             input_ids,

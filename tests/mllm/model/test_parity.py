@@ -208,6 +208,11 @@ def test_text_positions_for_the_media_would_fail_parity(llm, served, prompts):
         pytest.skip("1-D positions are the only ones")
     with served["peft"].disable_adapter(), torch.no_grad():
         served_tokens = _vllm_tokens(llm, [_hf_tokens(model, b)[0] for b in prompts])
-        flat = [model.base.generate(inputs_embeds=model.build_inputs_embeds(**b), attention_mask=b["attention_mask"],
-                                    max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[0].tolist() for b in prompts]  # fmt: skip
+        flat = [
+            model.base.generate(
+                inputs_embeds=model.build_inputs_embeds(**b), attention_mask=b["attention_mask"],
+                max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+            )[0].tolist()
+            for b in prompts
+        ]  # fmt: skip
     assert any(f != t for f, t in zip(flat, served_tokens, strict=True))

@@ -116,7 +116,8 @@ def test_text_positions_for_the_media_change_the_output(qwen, video_with_audio):
 
 
 def test_training_path_sees_the_same_positions_as_forward(qwen, video_with_audio):
-    """TRL's trainers run `model.base_model(...)` and the LM head themselves: that path gets the M-RoPE positions too."""
+    """TRL's trainers run `model.base_model(...)` and the LM head themselves: that path gets the M-RoPE positions
+    too."""
     model, processor = qwen
     batch = processor([_ask({"type": "video", "video": str(video_with_audio)})])
     with torch.no_grad():
