@@ -411,7 +411,8 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
         req = checked_request(body)
         task = body.pop("task", None)
         limits = body.pop("media_limits", None)
-        max_tokens = req.max_completion_tokens or req.max_tokens or policy.default_max_tokens
+        # A request that names no limit gets the default, within the server's own (--max-tokens may be lower).
+        max_tokens = req.max_completion_tokens or req.max_tokens or min(policy.default_max_tokens, policy.max_tokens)
         if max_tokens > policy.max_tokens:
             raise HTTPRefusal(400, f"max_tokens {max_tokens} is over this server's {policy.max_tokens}",
                               "invalid_request", "max_tokens")  # fmt: skip

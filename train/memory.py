@@ -112,6 +112,40 @@ def llava_onevision_05b() -> dict:
     ).to_dict()
 
 
+def qwen2_5_vl_7b() -> dict:
+    """Qwen/Qwen2.5-VL-7B-Instruct: a 32-layer ViT (1280 wide, 14 px patches, 2x2 merger to 3584) + a 28-layer Qwen2
+    language model with M-RoPE (3584 wide, GQA with 4 KV heads, head untied). Face crops of 448 px: 256 tokens.
+    `from_base` adds the 3 audio placeholders to its tokenizer; they fit the 152064-row embedding table."""
+    from transformers import Qwen2_5_VLConfig
+
+    return Qwen2_5_VLConfig(
+        vision_config={
+            "depth": 32,
+            "hidden_size": 1280,
+            "intermediate_size": 3420,
+            "num_heads": 16,
+            "out_hidden_size": 3584,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "fullatt_block_indexes": [7, 15, 23, 31],
+            "tokens_per_second": 2,
+        },
+        text_config={
+            "model_type": "qwen2_5_vl_text",
+            "hidden_size": 3584,
+            "intermediate_size": 18944,
+            "num_hidden_layers": 28,
+            "num_attention_heads": 28,
+            "num_key_value_heads": 4,
+            "vocab_size": 152064,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]},
+        },
+        tie_word_embeddings=False,
+    ).to_dict()
+
+
 def wav2vec2_base() -> dict:
     """facebook/wav2vec2-base: 7-layer conv feature encoder (512 channels, group norm), 12 layers of 768 (MLP 3072)."""
     from transformers import Wav2Vec2Config
@@ -122,13 +156,19 @@ def wav2vec2_base() -> dict:
 
 
 # Architecture name -> the base's config; every one is composed with wav2vec2-base.
-ARCHITECTURES = {"internvl3-1b": internvl3_1b, "llava-onevision-0.5b": llava_onevision_05b}
+ARCHITECTURES = {
+    "internvl3-1b": internvl3_1b,
+    "llava-onevision-0.5b": llava_onevision_05b,
+    "qwen2.5-vl-7b": qwen2_5_vl_7b,
+}
 # The GPU recipes and the architecture each is for (the model folder a recipe names cannot be read here).
 GPU_RECIPES = {
     "sft_internvl3_1b.yaml": "internvl3-1b",
     "grpo_internvl3_1b.yaml": "internvl3-1b",
     "sft_llava_onevision_0.5b.yaml": "llava-onevision-0.5b",
     "grpo_llava_onevision_0.5b.yaml": "llava-onevision-0.5b",
+    "sft_qwen2_5_vl_7b.yaml": "qwen2.5-vl-7b",
+    "grpo_qwen2_5_vl_7b.yaml": "qwen2.5-vl-7b",
 }
 
 
