@@ -36,6 +36,7 @@ def test_doctor_prints_versions_and_checks():
         "GPU",
         "media (PyAV)",
         "faces (dlib)",
+        "torchvision",
     ):
         assert name in result.stdout
     assert "FAILED" not in result.stdout
