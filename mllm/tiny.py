@@ -277,11 +277,68 @@ def build_qwen2_5_vl_base(out: Path, size: str = "tiny", seed: int = 0):
     return model
 
 
+def build_qwen3_vl_base(out: Path, size: str = "tiny", seed: int = 0):
+    """A random Qwen3-VL model in its on-disk format: the ViT over 16 px patches with learned position embeddings
+    and deepstack mergers after each of its layers (2 levels "tiny"), a Qwen3 language model with interleaved M-RoPE
+    (head_dim 64, mrope_section [12, 10, 10]: the 8B's [24, 20, 20] halved with its head), the tokenizer with Qwen's
+    vision tokens, Qwen2-VL's image processor as Qwen3-VL ships it (16 px patches, mean and std 0.5) with
+    `max_pixels` making a face crop 64 px ("tiny": a 4x4 patch grid, 2x2 = 4 visual tokens) or 224 px ("mid"), and
+    Qwen3-VL's video processor (vLLM loads the processor whole)."""
+    import torch
+    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration
+
+    from mllm.parts import QWEN_VISION_TOKENS
+
+    tokenizer = build_tokenizer(extra_special_tokens=QWEN_VISION_TOKENS)
+    torch.manual_seed(seed)
+    s = SIZES[size]
+    side = 64 if size == "tiny" else 224
+    text = _text_config(tokenizer, s)
+    text.update(model_type="qwen3_vl_text", rope_parameters={"rope_type": "default", "rope_theta": 5e6,
+                "mrope_section": [12, 10, 10], "mrope_interleaved": True})  # fmt: skip
+    config = Qwen3VLConfig(
+        vision_config={
+            "depth": s["vision_layers"],
+            "hidden_size": s["vision_hidden"],
+            "intermediate_size": 2 * s["vision_hidden"],
+            "num_heads": max(2, s["vision_hidden"] // 32),
+            "out_hidden_size": s["lm_hidden"],
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64,
+            "deepstack_visual_indexes": list(range(min(2, s["vision_layers"]))),
+        },
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    model = Qwen3VLForConditionalGeneration(config)
+    image_processor = image_processor_class("Qwen2VLImageProcessor")(
+        min_pixels=32 * 32, max_pixels=side * side, patch_size=16, temporal_patch_size=2, merge_size=2,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+    _save_base(model, tokenizer, image_processor, out)
+    qwen3_video_processor().save_pretrained(out)
+    return model
+
+
+def qwen3_video_processor():
+    """Qwen3-VL's video processor (torchvision's where it imports, which vLLM's Qwen3-VL module needs anyway)."""
+    import transformers
+
+    return transformers.Qwen3VLVideoProcessor(patch_size=16, temporal_patch_size=2, merge_size=2)
+
+
 # Base model type -> builder of its tiny random checkpoint (one per supported base).
 TINY_BASES = {
     "internvl": build_internvl_base,
     "llava_onevision": build_llava_onevision_base,
     "qwen2_5_vl": build_qwen2_5_vl_base,
+    "qwen3_vl": build_qwen3_vl_base,
 }
 
 

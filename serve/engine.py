@@ -447,19 +447,21 @@ class Engine:
                 input_ids[k, longest - len(x) :] = x
                 mask[k, longest - len(x) :] = 1
             with torch.no_grad():
-                embeds = model.build_inputs_embeds(input_ids, **concat_media([rows for _, rows in items]))
+                embeds, _, extras = model.build_inputs(input_ids, **concat_media([rows for _, rows in items]))
+            extras = model.extras_per_sequence(input_ids, extras)
             for k, (i, _) in enumerate(items):
-                results[i] = self._prompt(model, ids[k], embeds[k][mask[k].bool()])
+                results[i] = self._prompt(model, ids[k], embeds[k][mask[k].bool()], extras[k])
             self.stats["encoded"] += len(items)
         self.stats["encoder_batches"] += 1
         self.stats["largest_encoder_batch"] = max(self.stats["largest_encoder_batch"], len(batch))
         return results
 
-    def _prompt(self, model, ids, embeds) -> Prompt:
+    def _prompt(self, model, ids, embeds, extras=None) -> Prompt:
         import torch
 
         dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
-        return Prompt(model.vllm_inputs(ids, embeds.to(dtype).clone()), len(ids))
+        extras = None if extras is None else extras.to(dtype)
+        return Prompt(model.vllm_inputs(ids, embeds.to(dtype).clone(), extras), len(ids))
 
     # Generation ---------------------------------------------------------------------------------------------------
 

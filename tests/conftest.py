@@ -131,10 +131,20 @@ def tiny_qwen2_5_vl_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3_vl_dir(tmp_path_factory):
+    from mllm.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny_qwen3_vl")
+    make_tiny(root, base="qwen3_vl")
+    return root
+
+
 TINY_DIR_FIXTURES = {
     "internvl": "tiny_dir",
     "llava_onevision": "tiny_llava_onevision_dir",
     "qwen2_5_vl": "tiny_qwen2_5_vl_dir",
+    "qwen3_vl": "tiny_qwen3_vl_dir",
 }
 
 

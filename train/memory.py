@@ -146,6 +146,45 @@ def qwen2_5_vl_7b() -> dict:
     ).to_dict()
 
 
+def qwen3_vl_8b() -> dict:
+    """Qwen/Qwen3-VL-8B-Instruct: a 27-layer ViT (1152 wide, 16 px patches, 2x2 merger to 4096, deepstack mergers after
+    layers 8, 16 and 24) + a 36-layer Qwen3 language model with interleaved M-RoPE (4096 wide, GQA with 8 KV heads,
+    head untied). Face crops of 448 px: 196 tokens. The 3 audio placeholders fit its 151936-row embedding table."""
+    from transformers import Qwen3VLConfig
+
+    return Qwen3VLConfig(
+        vision_config={
+            "depth": 27,
+            "hidden_size": 1152,
+            "intermediate_size": 4304,
+            "num_heads": 16,
+            "out_hidden_size": 4096,
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 2304,
+            "deepstack_visual_indexes": [8, 16, 24],
+        },
+        text_config={
+            "model_type": "qwen3_vl_text",
+            "hidden_size": 4096,
+            "intermediate_size": 12288,
+            "num_hidden_layers": 36,
+            "num_attention_heads": 32,
+            "num_key_value_heads": 8,
+            "head_dim": 128,
+            "vocab_size": 151936,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 5e6,
+                "mrope_section": [24, 20, 20],
+                "mrope_interleaved": True,
+            },
+        },
+        tie_word_embeddings=False,
+    ).to_dict()
+
+
 def wav2vec2_base() -> dict:
     """facebook/wav2vec2-base: 7-layer conv feature encoder (512 channels, group norm), 12 layers of 768 (MLP 3072)."""
     from transformers import Wav2Vec2Config
@@ -160,6 +199,7 @@ ARCHITECTURES = {
     "internvl3-1b": internvl3_1b,
     "llava-onevision-0.5b": llava_onevision_05b,
     "qwen2.5-vl-7b": qwen2_5_vl_7b,
+    "qwen3-vl-8b": qwen3_vl_8b,
 }
 # The GPU recipes and the architecture each is for (the model folder a recipe names cannot be read here).
 GPU_RECIPES = {
@@ -169,6 +209,8 @@ GPU_RECIPES = {
     "grpo_llava_onevision_0.5b.yaml": "llava-onevision-0.5b",
     "sft_qwen2_5_vl_7b.yaml": "qwen2.5-vl-7b",
     "grpo_qwen2_5_vl_7b.yaml": "qwen2.5-vl-7b",
+    "sft_qwen3_vl_8b.yaml": "qwen3-vl-8b",
+    "grpo_qwen3_vl_8b.yaml": "qwen3-vl-8b",
 }
 
 

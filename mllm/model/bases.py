@@ -25,7 +25,6 @@ from torch import nn
 # Families that cannot be served exactly through vLLM's prompt_embeds, and why.
 REFUSED: dict[str, str] = {
     "qwen2_vl": "Qwen2-VL uses M-RoPE (3-D rotary positions); prompt_embeds serving gives 1-D positions",
-    "qwen3_vl": "Qwen3-VL (interleaved M-RoPE and deepstack features) is not supported yet",
     "qwen3_vl_moe": "Qwen3-VL-MoE uses interleaved M-RoPE (3-D rotary positions); prompt_embeds gives 1-D positions",
     "gemma3": "Gemma 3 attends bidirectionally among image tokens; vLLM's causal language model over prompt_embeds "
     "cannot reproduce that mask",
@@ -84,6 +83,12 @@ class _HFVisionLanguageAdapter:
     def image_features(self, base: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
         """(num_images, 3, S, S) -> (num_images, tokens_per_image, lm_hidden)."""
         raise NotImplementedError
+
+    def visual_features(self, base: nn.Module, pixel_values: torch.Tensor):
+        """(visual tokens as `image_features` gives them, features the language model takes beside them or None):
+        Qwen3-VL's deepstack features, (num_images, tokens_per_image, layers * lm_hidden), which it adds to the
+        hidden states of its first layers at the visual positions."""
+        return self.image_features(base, pixel_values), None
 
     def projector(self, base: nn.Module) -> nn.Module:
         return base.model.multi_modal_projector
@@ -255,7 +260,8 @@ class Qwen2_5_VLAdapter(_HFVisionLanguageAdapter):
             i = j
         return grids
 
-    def vllm_prompt(self, config, input_ids: torch.Tensor, embeds: torch.Tensor, image_token_id, audio_token_id):
+    def vllm_prompt(self, config, input_ids: torch.Tensor, embeds: torch.Tensor, image_token_id, audio_token_id,
+                    extras=None):  # fmt: skip
         """One sequence (no padding) and its embeddings as vLLM's prompt for the base itself: the token ids with each
         media item's run of tokens (image or audio) shortened to one `<|image_pad|>`, and every item's embeddings as
         an image item with its grid (`multi_modal_data` with `image_embeds` / `image_grid_thw`, vLLM's
@@ -280,6 +286,11 @@ class Qwen2_5_VLAdapter(_HFVisionLanguageAdapter):
         image = {"image_embeds": torch.cat(values), "image_grid_thw": torch.tensor(grids, dtype=torch.long)}
         return {"prompt_token_ids": prompt, "multi_modal_data": {"image": image}}
 
+    def decoder_inputs(self, input_ids, visual, extras) -> dict:
+        """What the base's own forward takes beside `inputs_embeds` for the media (nothing here; Qwen3-VL's
+        deepstack features)."""
+        return {}
+
     def position_ids(self, base: nn.Module, input_ids, attention_mask, image_token_id, audio_token_id):
         """(3, B, L) M-RoPE positions from the base's own `get_rope_index`, media items as `item_grids` says."""
         is_media = (input_ids == image_token_id) | (input_ids == audio_token_id)
@@ -299,10 +310,64 @@ class Qwen2_5_VLAdapter(_HFVisionLanguageAdapter):
         return positions
 
 
+class Qwen3VLAdapter(Qwen2_5_VLAdapter):
+    """Qwen3-VL (`Qwen3VLForConditionalGeneration`, e.g. `Qwen/Qwen3-VL-8B-Instruct`): a ViT over 16 px patches with
+    learned position embeddings, its 2x2 merger (the projector), and deepstack: mergers over three inner layers of
+    the ViT whose features the language model adds to the hidden states of its first three layers at the visual
+    positions; a Qwen3 language model with interleaved M-RoPE.
+
+    Face crops of 448 px: a (1, 28, 28) grid, 14x14 = 196 visual tokens. Face attention applies to the main visual
+    tokens; the deepstack features pass through unchanged (their mergers stay frozen), and audio strips carry none
+    (zeros: adding nothing, as in the base for text). Positions as for Qwen2.5-VL, from the base's own
+    `get_rope_index`; served as the base itself with each item's main and deepstack features joined along the
+    hidden dimension (hidden x (1 + layers)), as vLLM takes Qwen3-VL's image embeddings."""
+
+    model_type = "qwen3_vl"
+    config_class = "Qwen3VLConfig"
+    model_class = "Qwen3VLForConditionalGeneration"
+
+    def _levels(self, config) -> int:
+        return len(config.vision_config.deepstack_visual_indexes)
+
+    def visual_features(self, base: nn.Module, pixel_values: torch.Tensor):
+        flat, grid = self.patches(base.config, pixel_values)
+        out = base.model.get_image_features(pixel_values=flat, image_grid_thw=grid, return_dict=True)
+        main = torch.stack(list(out.pooler_output))
+        deep = torch.cat([torch.stack(list(level)) for level in out.deepstack_features], dim=-1)
+        return main, deep
+
+    def image_features(self, base: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.visual_features(base, pixel_values)[0]
+
+    def decoder_inputs(self, input_ids, visual, extras) -> dict:
+        """The face-attended visual tokens and the deepstack features as the base's precomputed encoder outputs
+        (`mm_encoder_outputs`): the base writes them at its image tokens and adds the deepstack features in its
+        first layers, as it does for its own tower's."""
+        if visual is None:
+            return {}
+        from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
+
+        hidden = visual.shape[-1]
+        levels = extras.shape[-1] // hidden
+        deepstack = [tuple(extras[..., k * hidden : (k + 1) * hidden]) for k in range(levels)]
+        outputs = BaseModelOutputWithDeepstackFeatures(pooler_output=tuple(visual), deepstack_features=deepstack)
+        return {"mm_encoder_outputs": {"image": outputs}}
+
+    def vllm_prompt(self, config, input_ids, embeds, image_token_id, audio_token_id, extras=None):
+        """As for Qwen2.5-VL, each item's embeddings followed by its deepstack features (zeros for audio strips)."""
+        levels = self._levels(config)
+        joined = embeds.new_zeros(embeds.shape[0], embeds.shape[1] * (1 + levels))
+        joined[:, : embeds.shape[1]] = embeds
+        if extras is not None:
+            joined[input_ids == image_token_id, embeds.shape[1] :] = extras.to(embeds.dtype)
+        return super().vllm_prompt(config, input_ids, joined, image_token_id, audio_token_id)
+
+
 BASE_ADAPTERS: dict[str, type] = {
     "internvl": InternVLAdapter,
     "llava_onevision": LlavaOnevisionAdapter,
     "qwen2_5_vl": Qwen2_5_VLAdapter,
+    "qwen3_vl": Qwen3VLAdapter,
 }
 
 

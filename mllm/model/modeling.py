@@ -152,7 +152,16 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         see the media exactly as `forward` does."""
         return MediaBackbone(self)
 
-    def build_inputs_embeds(
+    def build_inputs_embeds(self, input_ids: torch.LongTensor, **media) -> torch.Tensor:
+        """Token ids with placeholders -> input embeddings with visual and audio tokens written in place.
+
+        pixel_values (N, 3, S, S): every image and video frame of the batch, in placeholder order;
+        image_landmarks (N, 68, 2) in [0, 1] of that image, image_has_face (N,);
+        audio_values (A, samples) padded, audio_lengths (A,), audio_token_counts (A,): every audio clip, in order.
+        """
+        return self.build_inputs(input_ids, **media)[0]
+
+    def build_inputs(
         self,
         input_ids: torch.LongTensor,
         pixel_values: torch.Tensor | None = None,
@@ -162,18 +171,16 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         audio_lengths: torch.Tensor | None = None,
         audio_token_counts: torch.Tensor | None = None,
         **_,
-    ) -> torch.Tensor:
-        """Token ids with placeholders -> input embeddings with visual and audio tokens written in place.
-
-        pixel_values (N, 3, S, S): every image and video frame of the batch, in placeholder order;
-        image_landmarks (N, 68, 2) in [0, 1] of that image, image_has_face (N,);
-        audio_values (A, samples) padded, audio_lengths (A,), audio_token_counts (A,): every audio clip, in order.
-        """
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """`build_inputs_embeds`, and beside the embeddings the face-attended visual tokens (N, tokens, hidden) and
+        what the base takes beside them (Qwen3-VL's deepstack features; None for the other bases), for the bases
+        whose own forward needs them (`adapter.decoder_inputs`)."""
         device, dtype = self.device, self.dtype
         input_ids = input_ids.to(device)
         embeds = self.get_input_embeddings()(input_ids)
+        visual = extras = None
         if pixel_values is not None and pixel_values.shape[0] > 0:
-            visual = self.adapter.image_features(self.base, pixel_values.to(device, dtype))
+            visual, extras = self.adapter.visual_features(self.base, pixel_values.to(device, dtype))
             if image_landmarks is None:
                 image_landmarks = torch.zeros(visual.shape[0], 68, 2)
                 image_has_face = torch.zeros(visual.shape[0], dtype=torch.bool)
@@ -193,7 +200,7 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
             embeds = _scatter(embeds, input_ids, self.config.audio_token_id, torch.cat(pieces), "audio")
         elif bool((input_ids == self.config.audio_token_id).any()):
             raise ValueError("input_ids hold audio placeholders but no audio_values were given")
-        return embeds
+        return embeds, visual, extras
 
     # ------------------------------------------------------------------------------------------------------------
     # Training forward and generation
@@ -208,21 +215,42 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
             self.config.image_token_id, self.config.audio_token_id,
         )  # fmt: skip
 
-    def vllm_inputs(self, input_ids: torch.Tensor, embeds: torch.Tensor) -> dict:
+    def vllm_inputs(self, input_ids: torch.Tensor, embeds: torch.Tensor, extras: torch.Tensor | None = None) -> dict:
         """One sequence's prompt for vLLM, from its token ids and `build_inputs_embeds` output (no padding):
         `{"prompt_embeds": embeds}` for the bases served as a plain causal LM; for the M-RoPE bases, the token ids
         with every media item's embeddings as an image item with its grid (`mllm.model.bases`), so vLLM computes
-        the positions `position_ids` gives here."""
+        the positions `position_ids` gives here. `extras`: this sequence's part of `build_inputs`' extras (its
+        image tokens' rows, in order), for Qwen3-VL's deepstack features."""
         if self.adapter.positions != "mrope":
             return {"prompt_embeds": embeds}
         return self.adapter.vllm_prompt(
-            self.base.config, input_ids, embeds, self.config.image_token_id, self.config.audio_token_id
+            self.base.config, input_ids, embeds, self.config.image_token_id, self.config.audio_token_id, extras
         )
+
+    def extras_per_sequence(self, input_ids: torch.Tensor, extras: torch.Tensor | None) -> list:
+        """`build_inputs`' extras (N images, tokens, ...) cut per sequence of the batch: each sequence's image
+        tokens' rows, in order (None for each when there are none)."""
+        if extras is None:
+            return [None] * input_ids.shape[0]
+        rows = extras.reshape(-1, extras.shape[-1])
+        counts = (input_ids == self.config.image_token_id).sum(dim=1).tolist()
+        return list(torch.split(rows, counts))
+
+    def _for_the_base(self, input_ids, inputs_embeds):
+        """For a base that writes the visual tokens itself (`adapter.decoder_inputs`: Qwen3-VL, from our precomputed
+        tokens): the embeddings with its image tokens' own embedding at their positions, where it finds them."""
+        image = (input_ids == self.config.image_token_id).to(inputs_embeds.device)
+        token = self.get_input_embeddings().weight[self.config.image_token_id].to(inputs_embeds.dtype)
+        return inputs_embeds.masked_scatter(image[..., None], token.expand(int(image.sum()), -1))
 
     def forward(self, input_ids=None, attention_mask=None, labels=None, inputs_embeds=None, **kwargs):
         media = _pop_media(kwargs)
         if inputs_embeds is None:
-            inputs_embeds = self.build_inputs_embeds(input_ids, **media)
+            inputs_embeds, visual, extras = self.build_inputs(input_ids, **media)
+            extra = self.adapter.decoder_inputs(input_ids, visual, extras)
+            if extra:  # the base writes the visual tokens itself and takes what comes beside them
+                kwargs.update(extra)
+                inputs_embeds = self._for_the_base(input_ids, inputs_embeds)
         if kwargs.get("position_ids") is None and self.adapter.positions != "1d":
             kwargs["position_ids"] = self.position_ids(input_ids, attention_mask)
         return self.base(inputs_embeds=inputs_embeds, attention_mask=attention_mask, labels=labels, **kwargs)
@@ -230,7 +258,11 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
     @torch.no_grad()
     def generate(self, input_ids=None, attention_mask=None, **kwargs):
         """Generated token ids only (the prompt is not repeated)."""
-        inputs_embeds = self.build_inputs_embeds(input_ids, **_pop_media(kwargs))
+        inputs_embeds, visual, extras = self.build_inputs(input_ids, **_pop_media(kwargs))
+        extra = self.adapter.decoder_inputs(input_ids, visual, extras)
+        if extra:
+            kwargs.update(extra)
+            inputs_embeds = self._for_the_base(input_ids, inputs_embeds)
         if kwargs.get("generation_config") is None:
             kwargs.setdefault("eos_token_id", self.config.eos_token_id)
             kwargs.setdefault("pad_token_id", self.config.pad_token_id)
@@ -277,10 +309,15 @@ class MediaBackbone:
 
     def __call__(self, input_ids=None, attention_mask=None, inputs_embeds=None, **kwargs):
         media = _pop_media(kwargs)
+        extra = {}
         if inputs_embeds is None:
-            inputs_embeds = self.model.build_inputs_embeds(input_ids, **media)
+            inputs_embeds, visual, extras = self.model.build_inputs(input_ids, **media)
+            extra = self.model.adapter.decoder_inputs(input_ids, visual, extras)
         if kwargs.get("position_ids") is None and self.model.adapter.positions != "1d":
             kwargs["position_ids"] = self.model.position_ids(input_ids, attention_mask)
+        if extra:  # the base's own model writes its visual tokens and takes what comes beside them
+            inputs_embeds = self.model._for_the_base(input_ids, inputs_embeds)
+            return self.model.base.model(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs, **extra)
         decoder = self.model.adapter.language_model(self.model.base)
         return decoder(inputs_embeds=inputs_embeds, attention_mask=attention_mask, **kwargs)
 

@@ -1,6 +1,7 @@
-"""A Qwen2.5-VL run from end to end, as users run it: `emoreason train sft` on the tiny Qwen checkpoint, `train grpo`
-from its output, then the trained folder answering through `emoreason analyze` and through `emoreason serve` with the
-official `openai` client (both vLLM, fed our embeddings as image items with their grids)."""
+"""A Qwen run from end to end, for each Qwen-VL base, as users run it: `emoreason train sft` on the tiny checkpoint,
+`train grpo` from its output, then the trained folder answering through `emoreason analyze` and through
+`emoreason serve` with the official `openai` client (both vLLM, fed our embeddings as image items with their
+grids)."""
 
 import base64
 import json
@@ -22,11 +23,12 @@ CLI = str(Path(sys.executable).parent / "emoreason")
 ENV = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONPATH": str(REPO)}
 
 
-@pytest.fixture(scope="module")
-def qwen_runs(tiny_qwen2_5_vl_dir, expression_data, tmp_path_factory):
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "qwen3_vl"])
+def qwen_runs(request, expression_data, tmp_path_factory):
+    tiny = request.getfixturevalue(f"tiny_{request.param}_dir")
     root = tmp_path_factory.mktemp("qwen-runs")
     sft = root / "sft"
-    assert main(sft_args(tiny_qwen2_5_vl_dir / "emoreason", expression_data, sft, "--max_steps", 6)) == 0
+    assert main(sft_args(tiny / "emoreason", expression_data, sft, "--max_steps", 6)) == 0
     grpo = root / "grpo"
     args = ["train", "grpo", "--config", GRPO_RECIPE, "--model", sft, "--data", expression_data, "--output_dir", grpo,
             "--report_to", "none", "--log_completions", "false", "--max_steps", 2, "--num_generations", 4,
@@ -44,7 +46,8 @@ def test_sft_then_grpo_on_qwen_then_analyze_and_serve(qwen_runs, astronaut_png, 
     losses = [h["loss"] for h in sft_report["log_history"] if "loss" in h]
     assert losses and all(loss == loss for loss in losses)  # finite: the M-RoPE forward trains
     model = grpo / "model"
-    assert json.loads((model / "config.json").read_text())["base_config"]["model_type"] == "qwen2_5_vl"
+    base_type = json.loads((model / "config.json").read_text())["base_config"]["model_type"]
+    assert base_type in ("qwen2_5_vl", "qwen3_vl")
 
     # analyze: the trained folder, served as the Qwen base itself, answers for a photo and a clip with speech.
     out = subprocess.run([CLI, "analyze", str(astronaut_png), str(video_with_audio), "--model", str(model), "--json",
@@ -56,7 +59,8 @@ def test_sft_then_grpo_on_qwen_then_analyze_and_serve(qwen_runs, astronaut_png, 
     for r in results:
         assert r["ok"] and r["label"] in label_space("abaw_expr") and parse(r["completion"], "expr").ok
     served_as = json.loads((model / "served" / "language_model" / "config.json").read_text())["architectures"]
-    assert served_as == ["Qwen2_5_VLForConditionalGeneration"]
+    assert served_as == [{"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
+                          "qwen3_vl": "Qwen3VLForConditionalGeneration"}[base_type]]  # fmt: skip
 
     # serve: the official client, an image sent inline.
     import httpx

@@ -109,7 +109,9 @@ def test_accelerate_configs(name, stage):
 # emoreason compose
 
 
-@pytest.fixture(scope="module", params=["tiny_dir", "tiny_llava_onevision_dir", "tiny_qwen2_5_vl_dir"])
+@pytest.fixture(
+    scope="module", params=["tiny_dir", "tiny_llava_onevision_dir", "tiny_qwen2_5_vl_dir", "tiny_qwen3_vl_dir"]
+)
 def composed(request, tmp_path_factory):
     from mllm.compose import compose
 
@@ -170,7 +172,7 @@ def test_compose_refuses_an_output_inside_an_input(tiny_dir):
 # train/memory.py
 
 
-@pytest.mark.parametrize("parts", ["tiny_dir", "tiny_llava_onevision_dir", "tiny_qwen2_5_vl_dir"])
+@pytest.mark.parametrize("parts", ["tiny_dir", "tiny_llava_onevision_dir", "tiny_qwen2_5_vl_dir", "tiny_qwen3_vl_dir"])
 def test_meta_count_equals_the_real_model(parts, request):
     from peft import get_peft_model
 
@@ -192,7 +194,9 @@ def test_memory_table_prints(capsys):
 
     assert main(["--breakdown"]) == 0
     out = capsys.readouterr().out
-    assert out.count("| sft_") == 3 and out.count("| grpo_") == 3  # InternVL3-1B, LLaVA-OneVision-0.5B, Qwen2.5-VL-7B
+    assert (
+        out.count("| sft_") == 4 and out.count("| grpo_") == 4
+    )  # InternVL3-1B, LLaVA-OV-0.5B, Qwen2.5-VL-7B, Qwen3-VL-8B
     assert "estimate" in out.lower() and "8 GPUs ZeRO-3" in out and "GiB" in out
 
 

@@ -10,9 +10,9 @@ from mllm.export import language_model_lora_config
 from mllm.model import EmoReasonForConditionalGeneration, FaceRegionGuidedAttention, get_adapter
 
 # tiny bases: 64 px images, 16 px patches, pixel shuffle 0.5 (InternVL), 2x2 pooling (OneVision); 56 px images, 14 px
-# patches, 2x2 merger (Qwen2.5-VL)
+# patches, 2x2 merger (Qwen2.5-VL); 64 px images, 16 px patches, 2x2 merger (Qwen3-VL)
 TOKENS_PER_IMAGE = 4
-BASES = ("internvl", "llava_onevision", "qwen2_5_vl")
+BASES = ("internvl", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
 
 
 def user(*parts):

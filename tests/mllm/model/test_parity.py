@@ -108,9 +108,11 @@ def _vllm_tokens(llm, inputs, lora=None):
 def _hf_tokens(model, batch):
     """(vLLM's input for this prompt, from the same embeddings; transformers' greedy tokens)."""
     with torch.no_grad():
-        embeds = model.build_inputs_embeds(**batch)[0]
+        embeds, _, extras = model.build_inputs(**batch)
         tokens = model.generate(**batch, max_new_tokens=MAX_NEW_TOKENS, do_sample=False)[0].tolist()
-    return model.vllm_inputs(batch["input_ids"][0], embeds), tokens
+    return model.vllm_inputs(
+        batch["input_ids"][0], embeds[0], model.extras_per_sequence(batch["input_ids"], extras)[0]
+    ), tokens
 
 
 def test_parity_without_adapter(llm, served, prompts):
@@ -182,19 +184,28 @@ def test_vllm_computes_the_positions_training_uses(llm, served, prompts):
     model = served["model"]
     if model.adapter.positions != "mrope":
         pytest.skip("1-D positions: prompt_embeds are placed one after another")
-    from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as Served
-
     engine = llm.llm_engine
-    shape = SimpleNamespace(config=engine.model_config.hf_config)
-    shape.iter_mm_grid_thw = lambda features: Served.iter_mm_grid_thw(shape, features)
+    config = engine.model_config.hf_config
+    if config.model_type == "qwen3_vl":
+        from vllm.model_executor.models.qwen3_vl import Qwen3VLForConditionalGeneration as Served
+
+        def positions(tokens, features):
+            return Served._get_mrope_input_positions(tokens, features, config)
+    else:
+        from vllm.model_executor.models.qwen2_5_vl import Qwen2_5_VLForConditionalGeneration as Served
+
+        shape = SimpleNamespace(config=config)
+        shape.iter_mm_grid_thw = lambda features: Served.iter_mm_grid_thw(shape, features)
+
+        def positions(tokens, features):
+            return Served.get_mrope_input_positions(shape, tokens, features)
+
     for n, batch in enumerate(prompts):
-        with torch.no_grad():
-            embeds = model.build_inputs_embeds(**batch)[0]
         request = engine.input_processor.process_inputs(
-            f"positions-{n}", model.vllm_inputs(batch["input_ids"][0], embeds), vllm.SamplingParams(max_tokens=1),
+            f"positions-{n}", _hf_tokens(model, batch)[0], vllm.SamplingParams(max_tokens=1),
             supported_tasks=engine.get_supported_tasks(),
         )  # fmt: skip
-        theirs, _ = Served.get_mrope_input_positions(shape, request.prompt_token_ids, request.mm_features)
+        theirs, _ = positions(request.prompt_token_ids, request.mm_features)
         ours = model.position_ids(batch["input_ids"], batch["attention_mask"])[:, 0]
         assert len(request.prompt_token_ids) == batch["input_ids"].shape[1]
         torch.testing.assert_close(theirs, ours, atol=0, rtol=0)
@@ -208,11 +219,13 @@ def test_text_positions_for_the_media_would_fail_parity(llm, served, prompts):
         pytest.skip("1-D positions are the only ones")
     with served["peft"].disable_adapter(), torch.no_grad():
         served_tokens = _vllm_tokens(llm, [_hf_tokens(model, b)[0] for b in prompts])
-        flat = [
-            model.base.generate(
-                inputs_embeds=model.build_inputs_embeds(**b), attention_mask=b["attention_mask"],
-                max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-            )[0].tolist()
-            for b in prompts
-        ]  # fmt: skip
+        flat = []
+        for b in prompts:  # greedy over full forwards, the prompt's positions 0, 1, 2, ... like text
+            ids, tokens = b["input_ids"], []
+            media = {k: v for k, v in b.items() if k not in ("input_ids", "attention_mask")}
+            for _ in range(MAX_NEW_TOKENS):
+                grown = torch.cat([ids, torch.tensor([tokens], dtype=torch.long)], 1)
+                positions = torch.arange(grown.shape[1]).view(1, 1, -1).expand(3, 1, -1)
+                tokens.append(int(model(input_ids=grown, position_ids=positions, **media).logits[0, -1].argmax()))
+            flat.append(tokens)
     assert any(f != t for f, t in zip(flat, served_tokens, strict=True))

@@ -1,4 +1,5 @@
-"""The Qwen2.5-VL base: its image layout and its M-RoPE positions in training and `generate` (mllm.model.bases)."""
+"""The Qwen-VL bases (Qwen2.5-VL, Qwen3-VL): their image layout and their M-RoPE positions in training and `generate`
+(mllm.model.bases)."""
 
 import numpy as np
 import pytest
@@ -7,10 +8,17 @@ import torch
 from mllm.model import EmoReasonForConditionalGeneration
 from mllm.processor import EmoReasonProcessor
 
+QWEN_BASES = ("qwen2_5_vl", "qwen3_vl")
+
+
+@pytest.fixture(scope="module", params=QWEN_BASES)
+def qwen_dir(request):
+    return request.getfixturevalue(f"tiny_{request.param}_dir")
+
 
 @pytest.fixture(scope="module")
-def qwen(tiny_qwen2_5_vl_dir):
-    folder = tiny_qwen2_5_vl_dir / "emoreason"
+def qwen(qwen_dir):
+    folder = qwen_dir / "emoreason"
     return EmoReasonForConditionalGeneration.from_pretrained(str(folder)).eval(), EmoReasonProcessor.from_pretrained(
         folder
     )
@@ -20,18 +28,21 @@ def _ask(*parts, text="Which emotion?"):
     return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
 
 
-def test_patches_are_laid_out_as_the_bases_image_processor_lays_them(tiny_qwen2_5_vl_dir):
+def test_patches_are_laid_out_as_the_bases_image_processor_lays_them(qwen_dir):
     """Our processor gives each face crop as (3, S, S) pixels; the adapter cuts them into the vision tower's patches
     in the order Qwen's own image processor does (2x2 merge windows, the image repeated over the temporal patch)."""
     from transformers import AutoConfig, AutoImageProcessor
 
     from mllm.model.bases import get_adapter
 
-    config = AutoConfig.from_pretrained(str(tiny_qwen2_5_vl_dir / "base"))
-    own = AutoImageProcessor.from_pretrained(str(tiny_qwen2_5_vl_dir / "base"), backend="pil")
-    images = np.random.default_rng(0).normal(size=(2, 3, 56, 56)).astype(np.float32)
-    flat, grid = get_adapter("qwen2_5_vl").patches(config, torch.from_numpy(images))
-    expected = np.concatenate([own.patchify(i, patch_size=14, merge_size=2, temporal_patch_size=2)[0] for i in images])
+    config = AutoConfig.from_pretrained(str(qwen_dir / "base"))
+    own = AutoImageProcessor.from_pretrained(str(qwen_dir / "base"), backend="pil")
+    patch = config.vision_config.patch_size  # 14 (Qwen2.5-VL), 16 (Qwen3-VL)
+    images = np.random.default_rng(0).normal(size=(2, 3, 4 * patch, 4 * patch)).astype(np.float32)
+    flat, grid = get_adapter(config.model_type).patches(config, torch.from_numpy(images))
+    expected = np.concatenate(
+        [own.patchify(i, patch_size=patch, merge_size=2, temporal_patch_size=2)[0] for i in images]
+    )
     np.testing.assert_array_equal(flat.numpy(), expected)
     assert grid.tolist() == [[1, 4, 4], [1, 4, 4]]
 
@@ -90,12 +101,9 @@ def test_generate_follows_the_positions_of_a_full_forward(qwen, video_with_audio
     media = {k: v for k, v in batch.items() if k not in ("input_ids", "attention_mask")}
     ids, tokens = batch["input_ids"], []
     with torch.no_grad():
-        prompt = model.build_inputs_embeds(ids, **media)
         for _ in range(6):
-            extra = torch.tensor([tokens], dtype=torch.long)
-            embeds = torch.cat([prompt, model.get_input_embeddings()(extra)], dim=1)
-            logits = model.base(inputs_embeds=embeds, position_ids=model.position_ids(torch.cat([ids, extra], 1)))
-            tokens.append(int(logits.logits[0, -1].argmax()))
+            logits = model(input_ids=torch.cat([ids, torch.tensor([tokens], dtype=torch.long)], 1), **media).logits
+            tokens.append(int(logits[0, -1].argmax()))
     assert generated == tokens
 
 
@@ -104,13 +112,12 @@ def test_text_positions_for_the_media_change_the_output(qwen, video_with_audio):
     (and the serving parity) would catch a path that dropped the 3-D positions."""
     model, processor = qwen
     batch = processor([_ask({"type": "video", "video": str(video_with_audio)})])
+    length = batch["input_ids"].shape[1]
+    text_positions = torch.arange(length).view(1, 1, -1).expand(3, 1, length)
     with torch.no_grad():
-        embeds = model.build_inputs_embeds(**batch)
         mrope = model(**batch).logits
-        flat = model.base(inputs_embeds=embeds, attention_mask=batch["attention_mask"]).logits
-        again = model.base(
-            inputs_embeds=embeds, position_ids=model.position_ids(batch["input_ids"], batch["attention_mask"])
-        ).logits
+        again = model(**batch, position_ids=model.position_ids(batch["input_ids"], batch["attention_mask"])).logits
+        flat = model(**batch, position_ids=text_positions).logits
     torch.testing.assert_close(again, mrope)
     assert (flat - mrope).abs().max() > 1e-3
 
