@@ -135,7 +135,8 @@ def test_refused_and_unknown_bases():
         get_adapter("gemma3")
     with pytest.raises(
         ValueError,
-        match=r"unknown base model type 'bert'; supported: \['internvl', 'llava_onevision', 'qwen2_5_vl'\]",
+        match=r"unknown base model type 'bert'; supported: \['internvl', 'llava_onevision', 'qwen2_5_vl', "
+        r"'qwen3_vl'\]",
     ):
         get_adapter("bert")
 
