@@ -66,6 +66,10 @@ def export_language_model(model, tokenizer, out: str | Path) -> Path:
 
     out = Path(out)
     adapter = model.adapter
+    if adapter.serving_refused:
+        raise ValueError(
+            f"base model type {adapter.model_type!r} cannot be exported for serving: {adapter.serving_refused}"
+        )
     if adapter.positions == "mrope":
         return export_multimodal_base(model, tokenizer, out)
     text_config = adapter.text_config(model.base).__class__.from_dict(adapter.text_config(model.base).to_dict())
@@ -287,6 +291,16 @@ def load_model(model_dir: str | Path, dtype=None, adapter: str = "merge"):
     return wrapped.merge_and_unload() if adapter == "merge" else wrapped
 
 
+def check_servable(model_dir: str | Path) -> None:
+    """Refuse, in one line and before anything is loaded or written, a checkpoint whose base is not served."""
+    from mllm.model.bases import get_adapter
+
+    base_type = read_json(Path(model_dir) / "config.json").get("base_config", {}).get("model_type")
+    adapter = get_adapter(base_type)
+    if adapter.serving_refused:
+        raise ValueError(f"base model type {base_type!r} cannot be served: {adapter.serving_refused}")
+
+
 def export_for_serving(model_dir: str | Path, out: str | Path, adapter_dir: str | Path | None = None) -> dict:
     """Write OUT/language_model (and OUT/lora with an adapter). Parts whose content key matches are kept; a `lora`
     from an earlier export with an adapter is removed when none is given now. Returns {part: (path, written)}."""
@@ -294,6 +308,7 @@ def export_for_serving(model_dir: str | Path, out: str | Path, adapter_dir: str 
 
     model_dir = resolve_checkpoint(model_dir)
     check_checkpoint(model_dir, processor=True)
+    check_servable(model_dir)
     adapter_dir = check_adapter(adapter_dir) if adapter_dir is not None else None
     out = claim_output_dir(out, protect=[p for p in (model_dir, adapter_dir) if p is not None], kind="export")
     loaded = {}

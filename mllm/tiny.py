@@ -326,6 +326,59 @@ def build_qwen3_vl_base(out: Path, size: str = "tiny", seed: int = 0):
     return model
 
 
+def build_qwen3_5_base(out: Path, size: str = "tiny", seed: int = 0):
+    """A random Qwen3.5 model in its on-disk format: the ViT as Qwen3-VL's without deepstack, a hybrid language model
+    of Gated DeltaNet linear-attention layers and a full-attention layer (3 + 1 "tiny", as the real ones repeat 3 + 1)
+    with interleaved M-RoPE on a quarter of each head (mrope_section [3, 3, 2]), the tokenizer with Qwen's vision
+    tokens, and the processors as for Qwen3-VL (64 px face crops "tiny": 4 visual tokens)."""
+    import torch
+    from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+    from mllm.parts import QWEN_VISION_TOKENS
+
+    tokenizer = build_tokenizer(extra_special_tokens=QWEN_VISION_TOKENS)
+    torch.manual_seed(seed)
+    s = SIZES[size]
+    side = 64 if size == "tiny" else 224
+    text = _text_config(tokenizer, s)
+    layers = 4 if size == "tiny" else s["lm_layers"] // 4 * 4
+    text.update(
+        model_type="qwen3_5_text", num_hidden_layers=layers,
+        layer_types=["full_attention" if (i + 1) % 4 == 0 else "linear_attention" for i in range(layers)],
+        linear_conv_kernel_dim=4, linear_key_head_dim=64, linear_value_head_dim=64, linear_num_key_heads=2,
+        linear_num_value_heads=2,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e7, "partial_rotary_factor": 0.25,
+                         "mrope_section": [3, 3, 2], "mrope_interleaved": True},
+    )  # fmt: skip
+    config = Qwen3_5Config(
+        vision_config={
+            "depth": s["vision_layers"],
+            "hidden_size": s["vision_hidden"],
+            "intermediate_size": 2 * s["vision_hidden"],
+            "num_heads": max(2, s["vision_hidden"] // 32),
+            "out_hidden_size": s["lm_hidden"],
+            "patch_size": 16,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "num_position_embeddings": 64,
+        },
+        text_config=text,
+        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        tie_word_embeddings=False,
+    )
+    model = Qwen3_5ForConditionalGeneration(config)
+    image_processor = image_processor_class("Qwen2VLImageProcessor")(
+        min_pixels=32 * 32, max_pixels=side * side, patch_size=16, temporal_patch_size=2, merge_size=2,
+        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
+    )  # fmt: skip
+    _save_base(model, tokenizer, image_processor, out)
+    qwen3_video_processor().save_pretrained(out)
+    return model
+
+
 def qwen3_video_processor():
     """Qwen3-VL's video processor (torchvision's where it imports, which vLLM's Qwen3-VL module needs anyway)."""
     import transformers
@@ -339,6 +392,7 @@ TINY_BASES = {
     "llava_onevision": build_llava_onevision_base,
     "qwen2_5_vl": build_qwen2_5_vl_base,
     "qwen3_vl": build_qwen3_vl_base,
+    "qwen3_5": build_qwen3_5_base,
 }
 
 

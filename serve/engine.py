@@ -169,12 +169,13 @@ class Engine:
         status=None,
         max_mm_items: int = 64,
     ):
-        from mllm.export import check_checkpoint, load_model, resolve_checkpoint, served_model
+        from mllm.export import check_checkpoint, check_servable, load_model, resolve_checkpoint, served_model
         from mllm.processor import EmoReasonProcessor
 
         self.status = status or (lambda text: None)  # one line per start-up phase (serve.startup.StartupLog.phase)
         self.model_dir = resolve_checkpoint(model_dir)
         check_checkpoint(self.model_dir, processor=True)
+        check_servable(self.model_dir)
         for adapter_name, path in (adapters or {}).items():  # every folder checked before any slow load
             if not adapter_name or "=" in adapter_name:
                 raise ValueError(f"adapter name {adapter_name!r}: give NAME=PATH with a non-empty NAME")

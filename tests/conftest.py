@@ -140,11 +140,21 @@ def tiny_qwen3_vl_dir(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen3_5_dir(tmp_path_factory):
+    from mllm.tiny import make_tiny
+
+    root = tmp_path_factory.mktemp("tiny_qwen3_5")
+    make_tiny(root, base="qwen3_5")
+    return root
+
+
 TINY_DIR_FIXTURES = {
     "internvl": "tiny_dir",
     "llava_onevision": "tiny_llava_onevision_dir",
     "qwen2_5_vl": "tiny_qwen2_5_vl_dir",
     "qwen3_vl": "tiny_qwen3_vl_dir",
+    "qwen3_5": "tiny_qwen3_5_dir",
 }
 
 

@@ -51,6 +51,8 @@ class _HFVisionLanguageAdapter:
     image_tokens = ("<img>", "<IMG_CONTEXT>", "</img>")
     # Positions: "1d" (the language model's ordinary ones) or "mrope" (3-D, from the grids; `position_ids`).
     positions = "1d"
+    # Why the base is not served through vLLM (None: it is).
+    serving_refused = None
 
     def _class(self, name: str):
         import transformers
@@ -363,11 +365,41 @@ class Qwen3VLAdapter(Qwen2_5_VLAdapter):
         return super().vllm_prompt(config, input_ids, joined, image_token_id, audio_token_id)
 
 
+class Qwen3_5Adapter(Qwen3VLAdapter):
+    """Qwen3.5 (`Qwen3_5ForConditionalGeneration`): Qwen3-VL's kind of ViT (16 px patches, 2x2 merger, no deepstack)
+    and a hybrid language model, Gated DeltaNet linear-attention layers between full-attention ones, with interleaved
+    M-RoPE on a part of each head. Images, audio strips and positions as for Qwen3-VL; LoRA goes on the
+    full-attention layers and every MLP (the linear-attention layers keep their weights). Not served
+    (`serving_refused`): vLLM's CPU build runs its linear attention in bfloat16 only ("CPU GDN attention requires
+    BF16"), where exact parity with training does not hold."""
+
+    model_type = "qwen3_5"
+    config_class = "Qwen3_5Config"
+    model_class = "Qwen3_5ForConditionalGeneration"
+    serving_refused = (
+        "Qwen3.5 trains and generates here (transformers), but is not served: vLLM's CPU build runs its linear "
+        "attention in bfloat16 only, and there its greedy tokens part from transformers' after 2 of 12 on the tiny "
+        "checkpoint (measured), so served answers would not be the trained model's"
+    )
+
+    def _levels(self, config) -> int:
+        return 0
+
+    def visual_features(self, base: nn.Module, pixel_values: torch.Tensor):
+        flat, grid = self.patches(base.config, pixel_values)
+        out = base.model.get_image_features(pixel_values=flat, image_grid_thw=grid, return_dict=True)
+        return torch.stack(list(out.pooler_output)), None
+
+    def decoder_inputs(self, input_ids, visual, extras) -> dict:
+        return {}
+
+
 BASE_ADAPTERS: dict[str, type] = {
     "internvl": InternVLAdapter,
     "llava_onevision": LlavaOnevisionAdapter,
     "qwen2_5_vl": Qwen2_5_VLAdapter,
     "qwen3_vl": Qwen3VLAdapter,
+    "qwen3_5": Qwen3_5Adapter,
 }
 
 

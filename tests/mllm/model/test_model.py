@@ -12,7 +12,7 @@ from mllm.model import EmoReasonForConditionalGeneration, FaceRegionGuidedAttent
 # tiny bases: 64 px images, 16 px patches, pixel shuffle 0.5 (InternVL), 2x2 pooling (OneVision); 56 px images, 14 px
 # patches, 2x2 merger (Qwen2.5-VL); 64 px images, 16 px patches, 2x2 merger (Qwen3-VL)
 TOKENS_PER_IMAGE = 4
-BASES = ("internvl", "llava_onevision", "qwen2_5_vl", "qwen3_vl")
+BASES = ("internvl", "llava_onevision", "qwen2_5_vl", "qwen3_vl")  # served ones; qwen3_5 trains, is not served
 
 
 def user(*parts):

@@ -1,8 +1,10 @@
 """Greedy tokens from transformers `generate` on `build_inputs_embeds` equal vLLM's (the CPU build) from the same
-embeddings, without and with a LoRA adapter, for every supported base: passed as `prompt_embeds` to the exported
-language model, or, for the M-RoPE base (Qwen2.5-VL), as image items with their grids to the base itself, whose
-3-D positions vLLM computes (checked directly against ours too). One engine per base: the module-scoped fixtures are
-parametrized by base, so pytest runs one base's tests, stops its engine, then starts the next."""
+embeddings, without and with a LoRA adapter, for every served base: passed as `prompt_embeds` to the exported
+language model, or, for the M-RoPE bases (Qwen2.5-VL, Qwen3-VL), as image items with their grids to the base itself,
+whose 3-D positions vLLM computes (checked directly against ours too). Qwen3.5 is not served
+(`mllm.model.bases.Qwen3_5Adapter`: vLLM's CPU build runs it in bfloat16 only, where the tokens part). One engine
+per base: the module-scoped fixtures are parametrized by base, so pytest runs one base's tests, stops its engine, then
+starts the next."""
 
 import os
 import time

@@ -1,5 +1,5 @@
-"""The Qwen-VL bases (Qwen2.5-VL, Qwen3-VL): their image layout and their M-RoPE positions in training and `generate`
-(mllm.model.bases)."""
+"""The Qwen-VL bases (Qwen2.5-VL, Qwen3-VL, Qwen3.5): their image layout and their M-RoPE positions in training and
+`generate` (mllm.model.bases)."""
 
 import numpy as np
 import pytest
@@ -8,7 +8,7 @@ import torch
 from mllm.model import EmoReasonForConditionalGeneration
 from mllm.processor import EmoReasonProcessor
 
-QWEN_BASES = ("qwen2_5_vl", "qwen3_vl")
+QWEN_BASES = ("qwen2_5_vl", "qwen3_vl", "qwen3_5")
 
 
 @pytest.fixture(scope="module", params=QWEN_BASES)
@@ -131,3 +131,14 @@ def test_training_path_sees_the_same_positions_as_forward(qwen, video_with_audio
         hidden = model.base_model(**batch).last_hidden_state
         logits = model(**batch).logits
     torch.testing.assert_close(model.get_output_embeddings()(hidden), logits)
+
+
+def test_qwen3_5_trains_here_but_is_refused_for_serving_with_the_reason(tiny_qwen3_5_dir, tmp_path):
+    """vLLM's CPU build runs Qwen3.5's linear attention in bfloat16 only ("CPU GDN attention requires BF16"); there
+    its greedy tokens part from transformers' after 2 of 12 on the tiny checkpoint. Export (and so the engine,
+    `analyze`, `serve`) refuses it in one line saying why, before writing anything."""
+    from mllm.export import export_for_serving
+
+    with pytest.raises(ValueError, match="not served: vLLM's CPU build runs its linear attention in bfloat16 only"):
+        export_for_serving(tiny_qwen3_5_dir / "emoreason", tmp_path / "served")
+    assert not [p for p in tmp_path.rglob("*") if p.is_file()]
