@@ -86,6 +86,11 @@ class _HFVisionLanguageAdapter:
         """(num_images, 3, S, S) -> (num_images, tokens_per_image, lm_hidden)."""
         raise NotImplementedError
 
+    def decoder_inputs(self, input_ids, visual, extras) -> dict:
+        """What the base's own forward takes beside `inputs_embeds` for the media: nothing (we write the visual
+        tokens into the embeddings); Qwen3-VL's adapter gives its deepstack features."""
+        return {}
+
     def visual_features(self, base: nn.Module, pixel_values: torch.Tensor):
         """(visual tokens as `image_features` gives them, features the language model takes beside them or None):
         Qwen3-VL's deepstack features, (num_images, tokens_per_image, layers * lm_hidden), which it adds to the
@@ -287,11 +292,6 @@ class Qwen2_5_VLAdapter(_HFVisionLanguageAdapter):
             return {"prompt_token_ids": prompt}
         image = {"image_embeds": torch.cat(values), "image_grid_thw": torch.tensor(grids, dtype=torch.long)}
         return {"prompt_token_ids": prompt, "multi_modal_data": {"image": image}}
-
-    def decoder_inputs(self, input_ids, visual, extras) -> dict:
-        """What the base's own forward takes beside `inputs_embeds` for the media (nothing here; Qwen3-VL's
-        deepstack features)."""
-        return {}
 
     def position_ids(self, base: nn.Module, input_ids, attention_mask, image_token_id, audio_token_id):
         """(3, B, L) M-RoPE positions from the base's own `get_rope_index`, media items as `item_grids` says."""
