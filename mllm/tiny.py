@@ -250,23 +250,13 @@ def build_qwen2_5_vl_base(out: Path, size: str = "tiny", seed: int = 0):
                                                                  "mrope_section": [8, 12, 12]})  # fmt: skip
     config = Qwen2_5_VLConfig(
         vision_config={
-            "depth": s["vision_layers"],
-            "hidden_size": s["vision_hidden"],
-            "intermediate_size": 2 * s["vision_hidden"],
-            "num_heads": max(2, s["vision_hidden"] // 32),
-            "out_hidden_size": s["lm_hidden"],
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
+            **_qwen_vision(s, patch=14),
             "window_size": 56,
             "fullatt_block_indexes": [s["vision_layers"] - 1],
             "tokens_per_second": 2,
         },
         text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **_qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     model = Qwen2_5_VLForConditionalGeneration(config)
@@ -297,32 +287,13 @@ def build_qwen3_vl_base(out: Path, size: str = "tiny", seed: int = 0):
     text.update(model_type="qwen3_vl_text", rope_parameters={"rope_type": "default", "rope_theta": 5e6,
                 "mrope_section": [12, 10, 10], "mrope_interleaved": True})  # fmt: skip
     config = Qwen3VLConfig(
-        vision_config={
-            "depth": s["vision_layers"],
-            "hidden_size": s["vision_hidden"],
-            "intermediate_size": 2 * s["vision_hidden"],
-            "num_heads": max(2, s["vision_hidden"] // 32),
-            "out_hidden_size": s["lm_hidden"],
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 64,
-            "deepstack_visual_indexes": list(range(min(2, s["vision_layers"]))),
-        },
+        vision_config={**_qwen3_vision(s), "deepstack_visual_indexes": list(range(min(2, s["vision_layers"])))},
         text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **_qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     model = Qwen3VLForConditionalGeneration(config)
-    image_processor = image_processor_class("Qwen2VLImageProcessor")(
-        min_pixels=32 * 32, max_pixels=side * side, patch_size=16, temporal_patch_size=2, merge_size=2,
-        image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
-    )  # fmt: skip
-    _save_base(model, tokenizer, image_processor, out)
-    qwen3_video_processor().save_pretrained(out)
+    _save_qwen3_base(model, tokenizer, out, side)
     return model
 
 
@@ -351,32 +322,54 @@ def build_qwen3_5_base(out: Path, size: str = "tiny", seed: int = 0):
                          "mrope_section": [3, 3, 2], "mrope_interleaved": True},
     )  # fmt: skip
     config = Qwen3_5Config(
-        vision_config={
-            "depth": s["vision_layers"],
-            "hidden_size": s["vision_hidden"],
-            "intermediate_size": 2 * s["vision_hidden"],
-            "num_heads": max(2, s["vision_hidden"] // 32),
-            "out_hidden_size": s["lm_hidden"],
-            "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "num_position_embeddings": 64,
-        },
+        vision_config=_qwen3_vision(s),
         text_config=text,
-        image_token_id=tokenizer.convert_tokens_to_ids("<|image_pad|>"),
-        video_token_id=tokenizer.convert_tokens_to_ids("<|video_pad|>"),
-        vision_start_token_id=tokenizer.convert_tokens_to_ids("<|vision_start|>"),
-        vision_end_token_id=tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+        **_qwen_vision_token_ids(tokenizer),
         tie_word_embeddings=False,
     )
     model = Qwen3_5ForConditionalGeneration(config)
+    _save_qwen3_base(model, tokenizer, out, side)
+    return model
+
+
+def _qwen_vision_token_ids(tokenizer) -> dict:
+    """A Qwen-VL config's ids of its vision tokens, from the tokenizer."""
+    return {
+        "image_token_id": tokenizer.convert_tokens_to_ids("<|image_pad|>"),
+        "video_token_id": tokenizer.convert_tokens_to_ids("<|video_pad|>"),
+        "vision_start_token_id": tokenizer.convert_tokens_to_ids("<|vision_start|>"),
+        "vision_end_token_id": tokenizer.convert_tokens_to_ids("<|vision_end|>"),
+    }
+
+
+def _qwen_vision(s: dict, patch: int) -> dict:
+    """A Qwen-VL ViT at size `s`: `patch` px patches, a 2x2 merger to the language model's width."""
+    return {
+        "depth": s["vision_layers"],
+        "hidden_size": s["vision_hidden"],
+        "intermediate_size": 2 * s["vision_hidden"],
+        "num_heads": max(2, s["vision_hidden"] // 32),
+        "out_hidden_size": s["lm_hidden"],
+        "patch_size": patch,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+
+
+def _qwen3_vision(s: dict) -> dict:
+    """The ViT of the Qwen3 family at size `s`: 16 px patches, learned position embeddings over an 8x8 grid."""
+    return {**_qwen_vision(s, patch=16), "num_position_embeddings": 64}
+
+
+def _save_qwen3_base(model, tokenizer, out: Path, side: int) -> None:
+    """The Qwen3 family's files: Qwen2-VL's image processor as they ship it (16 px patches, mean and std 0.5) with
+    `max_pixels` making a face crop `side` px, and Qwen3-VL's video processor (vLLM loads the processor whole)."""
     image_processor = image_processor_class("Qwen2VLImageProcessor")(
         min_pixels=32 * 32, max_pixels=side * side, patch_size=16, temporal_patch_size=2, merge_size=2,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
     )  # fmt: skip
     _save_base(model, tokenizer, image_processor, out)
     qwen3_video_processor().save_pretrained(out)
-    return model
 
 
 def qwen3_video_processor():
