@@ -481,7 +481,7 @@ def test_a_half_written_export_folder_is_healed(cli, model_copy, tmp_path):
         ("existing-file", ["notes.txt", "not a folder"]),
         ("refused-base-qwen2_vl", ["qwen2_vl", "M-RoPE"]),
         ("refused-base-gemma3", ["gemma3", "bidirectional"]),
-        ("unknown-base", ["bert", "supported: ['internvl', 'llava_onevision', 'qwen2_5_vl', 'qwen3_vl']"]),
+        ("unknown-base", ["bert", "supported: ['internvl', 'llava_onevision', 'qwen2_5_vl', 'qwen3_5', 'qwen3_vl']"]),
     ],
 )
 def test_make_tiny_refuses(case, names, cli, tmp_path):

@@ -1,7 +1,7 @@
 """A Qwen run from end to end, for each Qwen-VL base, as users run it: `emoreason train sft` on the tiny checkpoint,
-`train grpo` from its output, then the trained folder answering through `emoreason analyze` and through
-`emoreason serve` with the official `openai` client (both vLLM, fed our embeddings as image items with their
-grids)."""
+`train grpo` from its output, then the trained folder answering through `emoreason analyze`, evaluated on the
+held-out photos with `emoreason eval run`, and answering through `emoreason serve` with the official `openai` client
+(all vLLM, fed our embeddings as image items with their grids)."""
 
 import base64
 import json
@@ -38,7 +38,9 @@ def qwen_runs(request, expression_data, tmp_path_factory):
 
 
 @pytest.mark.slow  # two short trainings and two engine starts (about 3 minutes)
-def test_sft_then_grpo_on_qwen_then_analyze_and_serve(qwen_runs, astronaut_png, video_with_audio, tmp_path):
+def test_sft_then_grpo_on_qwen_then_analyze_evaluate_and_serve(
+    qwen_runs, expression_data, astronaut_png, video_with_audio, tmp_path
+):
     sft, grpo = qwen_runs
     sft_report = json.loads((sft / "model" / "train_report.json").read_text())
     grpo_report = json.loads((grpo / "model" / "train_report.json").read_text())
@@ -58,6 +60,14 @@ def test_sft_then_grpo_on_qwen_then_analyze_and_serve(qwen_runs, astronaut_png, 
     assert [r["media"] for r in results] == [str(astronaut_png), str(video_with_audio)]
     for r in results:
         assert r["ok"] and r["label"] in label_space("abaw_expr") and parse(r["completion"], "expr").ok
+    # eval run: the held-out split scored through the same engine.
+    out = subprocess.run([CLI, "eval", "run", "--data", str(expression_data), "--model", str(model), "--split", "test",
+                          "--task", "expr", "--out", str(tmp_path / "eval"), "--dtype", "float32", "--enforce-eager"],
+                         capture_output=True, text=True, timeout=900,
+                         env={**ENV, "EMOREASON_CACHE": str(tmp_path / "cache")})  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert "accuracy" in json.dumps(metrics) and "macro_f1" in json.dumps(metrics)
     served_as = json.loads((model / "served" / "language_model" / "config.json").read_text())["architectures"]
     assert served_as == [{"qwen2_5_vl": "Qwen2_5_VLForConditionalGeneration",
                           "qwen3_vl": "Qwen3VLForConditionalGeneration"}[base_type]]  # fmt: skip

@@ -136,7 +136,7 @@ def test_refused_and_unknown_bases():
     with pytest.raises(
         ValueError,
         match=r"unknown base model type 'bert'; supported: \['internvl', 'llava_onevision', 'qwen2_5_vl', "
-        r"'qwen3_vl'\]",
+        r"'qwen3_5', 'qwen3_vl'\]",
     ):
         get_adapter("bert")
 
