@@ -144,6 +144,8 @@ def run(args) -> int:
     from rich.table import Table
 
     console = Console()
+    progress = Console(stderr=True)  # progress is not a result: stderr, one line per check unless a terminal
+    end = "\r" if progress.is_terminal else "\n"
     versions = Table(title="EmoReason environment")
     versions.add_column("package")
     versions.add_column("version")
@@ -159,7 +161,7 @@ def run(args) -> int:
     failed = 0
     for i, (label, check, required) in enumerate(CHECKS, 1):
         # Each check imports or runs a part (vLLM's import alone takes seconds): say which one is under way.
-        console.print(f"[dim]checking {i}/{len(CHECKS)}: {label} ...[/dim]", end="\r")
+        progress.print(f"[dim]checking {i}/{len(CHECKS)}: {label} ...[/dim]", end=end)
         try:
             detail = check()
             status = "[green]ok[/green]" if detail is not None else "[yellow]absent[/yellow]"
@@ -171,6 +173,7 @@ def run(args) -> int:
             if args.verbose:
                 console.print(traceback.format_exc())
         checks.add_row(label, status, detail)
-    console.print(" " * 60, end="\r")
+    if progress.is_terminal:
+        progress.print(" " * 60, end="\r")
     console.print(checks)
     return 1 if failed else 0

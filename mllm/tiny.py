@@ -464,6 +464,9 @@ def add_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # tiny files write and load at once: the bars would only be noise
     path = make_tiny(args.out, seed=args.seed, size=args.size, base=args.base)
     print(
         f"tiny {args.base} checkpoints in {args.out}: base/, audio/, emoreason/, sample.mp4 "

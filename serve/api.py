@@ -1,6 +1,6 @@
 """The OpenAI-compatible endpoint over the engine: what the official `openai` client talks to.
 
-    emoreason serve --model runs/sft/model [--adapter grpo=runs/grpo/model] [--port 8000] [--api-key KEY]
+    emoreason serve --model runs/sft/model [--adapter sft2=runs/sft2/model] [--port 8000] [--api-key KEY]
 
     POST /v1/chat/completions   (stream: true answers as server-sent events)
     GET  /v1/models, /health, /metrics (Prometheus)
@@ -600,15 +600,18 @@ def engine_from_args(args, status=None) -> Engine:
             face_cache = FaceCache(Path(args.face_cache) / "faces", max_bytes=int(args.face_cache_mb * 1024 * 1024))
     return Engine(args.model, adapters, dtype=args.dtype, enforce_eager=args.enforce_eager or None,
                   max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                  face_cache=face_cache, status=status)  # fmt: skip
+                  face_cache=face_cache, status=status, name=getattr(args, "served_model_name", None))  # fmt: skip
 
 
 def add_arguments(parser, port: int = 8000) -> None:
     add_engine_arguments(parser)
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=port)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    parser.add_argument("--port", type=int, default=port, help="port to listen on (default: %(default)s)")
     if port == 8000:  # `emoreason demo` always has it
         parser.add_argument("--demo", action="store_true", help="also serve the Gradio chat demo at /demo")
+    parser.add_argument("--served-model-name", default=None, metavar="NAME",
+                        help="the main model's name in requests (default: its folder's; a training run's "
+                        "OUTPUT_DIR/model is named OUTPUT_DIR's)")  # fmt: skip
     parser.add_argument("--api-key", default=None, help="require this key (default: $EMOREASON_API_KEY, else none)")
     parser.add_argument("--allow-media-dir", action="append", default=[], metavar="DIR",
                         help="requests may name server-local files under DIR (repeatable; default: none)")  # fmt: skip

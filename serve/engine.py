@@ -1,6 +1,6 @@
 """The one serving engine: the endpoint, the demo, `emoreason analyze` and batch evaluation all answer through it.
 
-    engine = Engine("runs/sft/model", adapters={"grpo": "runs/grpo/model"})
+    engine = Engine("runs/sft/model", adapters={"sft2": "runs/sft2/model"})
     await engine.start()
     result = await engine.complete(messages, task="expr")          # or: async for delta in engine.stream(...)
     await engine.shutdown()
@@ -147,6 +147,12 @@ def parsed_result(text: str, task: str | None, label_space: str) -> dict:
     return out
 
 
+def served_name(model_dir: str | Path) -> str:
+    """The main model's name in requests: its folder's, or for a training run's OUTPUT_DIR/model, the run's."""
+    folder = Path(str(model_dir)).absolute()
+    return folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
+
+
 class Engine:
     """Encoders here, the language model in vLLM. Construct (loads and exports; seconds to minutes), `await
     start()` (starts vLLM), then `stream` / `complete` from any number of concurrent tasks on one event loop."""
@@ -181,7 +187,7 @@ class Engine:
                 raise ValueError(f"adapter name {adapter_name!r}: give NAME=PATH with a non-empty NAME")
             if not Path(path).is_dir():
                 raise FileNotFoundError(f"adapter {adapter_name}: {path}: no such folder")
-        self.name = name or Path(str(self.model_dir)).name
+        self.name = name or served_name(self.model_dir)
         self.encoder_batch = max(1, encoder_batch)
         self.max_model_len = max_model_len
         self.seed = seed

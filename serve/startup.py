@@ -54,7 +54,7 @@ class StartupLog:
             folder.mkdir(parents=True, exist_ok=True)
             for old in sorted(folder.glob("*.log"), key=lambda f: f.stat().st_mtime)[:-KEEP_LOGS]:
                 old.unlink(missing_ok=True)  # the folder holds only these logs, written by this module
-            self.path = folder / f"{self.command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+            self.path = folder / f"{self.command.replace(' ', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         except OSError:
             self.path = None  # no writable log folder: the libraries' output stays on the terminal

@@ -89,7 +89,15 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         tokenizer = prepare_tokenizer(str(base), image_tokens=adapter.image_tokens)
         base_model = adapter.load(str(base), dtype=dtype)
         if base_model.get_input_embeddings().num_embeddings < len(tokenizer):
-            base_model.resize_token_embeddings(len(tokenizer))
+            from transformers.utils import logging as hf_logging
+
+            # The added rows start at the old rows' mean (transformers' default, wanted): its notice says only that.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                base_model.resize_token_embeddings(len(tokenizer))
+            finally:
+                hf_logging.set_verbosity(verbosity)
         encoder = Wav2Vec2Model.from_pretrained(str(audio_encoder), dtype=dtype)
         config = EmoReasonConfig(
             base_model=str(base),

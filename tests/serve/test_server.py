@@ -251,3 +251,24 @@ def test_a_request_naming_a_task_without_words_is_asked_the_tasks_own_question(c
     # Without a task nothing is added: the prompt is shorter.
     plain = client.chat.completions.create(model="emoreason", messages=bare, max_tokens=4, temperature=0)
     assert plain.usage.prompt_tokens < answers[1].usage.prompt_tokens
+
+
+def test_the_served_name_is_the_folder_or_the_run_and_the_flag_sets_another(monkeypatch, tmp_path):
+    import argparse
+
+    from serve import api
+    from serve.engine import served_name
+
+    assert served_name(tmp_path / "tiny" / "emoreason") == "emoreason"
+    assert served_name(tmp_path / "runs" / "grpo-tiny" / "model") == "grpo-tiny"  # training's OUTPUT_DIR/model
+    monkeypatch.chdir(tmp_path)
+    assert served_name("model") == tmp_path.name  # a relative path is named as the folder it names
+
+    made = {}
+    monkeypatch.setattr(api, "Engine", lambda model, adapters, **kw: made.update(model=model, **kw))
+    parser = argparse.ArgumentParser()
+    api.add_arguments(parser)
+    api.engine_from_args(parser.parse_args(["--model", "runs/x/model"]))
+    assert made["model"] == "runs/x/model" and made["name"] is None  # the engine names it from the folder
+    api.engine_from_args(parser.parse_args(["--model", "runs/x/model", "--served-model-name", "emo-7b"]))
+    assert made["name"] == "emo-7b"

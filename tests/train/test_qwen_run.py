@@ -96,8 +96,10 @@ def test_sft_then_grpo_on_qwen_then_analyze_evaluate_and_serve(
             time.sleep(1)
         client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none", max_retries=0, timeout=120)
         photo = base64.b64encode(Path(astronaut_png).read_bytes()).decode()
+        # a run's model folder (OUTPUT_DIR/model) is served under the run's name
+        assert [m.id for m in client.models.list().data] == [grpo.name]
         reply = client.chat.completions.create(
-            model=client.models.list().data[0].id,
+            model=grpo.name,
             messages=[
                 {
                     "role": "user",
