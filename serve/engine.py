@@ -147,6 +147,31 @@ def parsed_result(text: str, task: str | None, label_space: str) -> dict:
     return out
 
 
+def encode_prompts(model, ids: list, media: dict, pad_token_id: int, dtype: str) -> list[Prompt]:
+    """Each conversation's `Prompt` for vLLM: its token ids (1-D tensors, unpadded) run through the composed model's
+    encoders and `build_inputs` as one left-padded batch with `media` (`concat_media` of their rows), in vLLM's
+    `dtype`. The engine and GRPO's vLLM rollouts (train/rollouts.py) build their prompts here."""
+    import torch
+
+    longest = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), longest), pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(input_ids)
+    for k, x in enumerate(ids):  # left padding, as the processor pads
+        input_ids[k, longest - len(x) :] = torch.as_tensor(x)
+        mask[k, longest - len(x) :] = 1
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        embeds, _, extras = model.build_inputs(input_ids.to(device), **media)
+    extras = model.extras_per_sequence(input_ids, extras)
+    torch_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(dtype, torch.float32)
+    prompts = []
+    for k, x in enumerate(ids):
+        row = embeds[k][mask[k].bool().to(embeds.device)].to("cpu", torch_dtype).clone()
+        extra = None if extras[k] is None else extras[k].to("cpu", torch_dtype)
+        prompts.append(Prompt(model.vllm_inputs(torch.as_tensor(x), row, extra), len(x)))
+    return prompts
+
+
 def served_name(model_dir: str | Path) -> str:
     """The main model's name in requests: its folder's, or for a training run's OUTPUT_DIR/model, the run's."""
     folder = Path(str(model_dir)).absolute()
@@ -420,7 +445,6 @@ class Engine:
     def _encode_batch(self, batch: list) -> list:
         """Each encoder set's rendered requests through `build_inputs_embeds` as one batch; a refused render
         (`RequestError`) is passed through."""
-        import torch
 
         from mllm.processor import concat_media
 
@@ -447,28 +471,14 @@ class Engine:
                 if not items:
                     continue
                 longest = max(len(x) for x in ids)
-            pad = self.processor.tokenizer.pad_token_id
-            input_ids = torch.full((len(ids), longest), pad, dtype=torch.long)
-            mask = torch.zeros_like(input_ids)
-            for k, x in enumerate(ids):  # left padding, as the processor pads
-                input_ids[k, longest - len(x) :] = x
-                mask[k, longest - len(x) :] = 1
-            with torch.no_grad():
-                embeds, _, extras = model.build_inputs(input_ids, **concat_media([rows for _, rows in items]))
-            extras = model.extras_per_sequence(input_ids, extras)
-            for k, (i, _) in enumerate(items):
-                results[i] = self._prompt(model, ids[k], embeds[k][mask[k].bool()], extras[k])
+            media = concat_media([rows for _, rows in items])
+            prompts = encode_prompts(model, ids, media, self.processor.tokenizer.pad_token_id, self.dtype)
+            for (i, _), prompt in zip(items, prompts, strict=True):
+                results[i] = prompt
             self.stats["encoded"] += len(items)
         self.stats["encoder_batches"] += 1
         self.stats["largest_encoder_batch"] = max(self.stats["largest_encoder_batch"], len(batch))
         return results
-
-    def _prompt(self, model, ids, embeds, extras=None) -> Prompt:
-        import torch
-
-        dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32
-        extras = None if extras is None else extras.to(dtype)
-        return Prompt(model.vllm_inputs(ids, embeds.to(dtype).clone(), extras), len(ids))
 
     # Generation ---------------------------------------------------------------------------------------------------
 

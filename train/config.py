@@ -147,6 +147,18 @@ class GRPORecipe(GRPOConfig, EmoReasonOptions):
             "adapter disabled, which is the SFT model only while the new modules stay as SFT left them)"
         },
     )
+    vllm_sync_steps: int = field(
+        default=1,
+        metadata={"help": "use_vllm: load the policy's adapter into vLLM every N optimiser steps"},
+    )
+    vllm_kv_cache_gib: int = field(
+        default=1,
+        metadata={"help": "use_vllm on CPU: vLLM's KV cache in GiB (on GPU: vllm_gpu_memory_utilization)"},
+    )
+    vllm_enforce_eager: bool | None = field(
+        default=None,
+        metadata={"help": "use_vllm: no compiled graphs (default: on CPU, where compiling takes minutes; off on GPU)"},
+    )
 
     def __post_init__(self):
         check_fields(self)
@@ -155,11 +167,7 @@ class GRPORecipe(GRPOConfig, EmoReasonOptions):
         if self.lora_r < 1:
             raise RecipeError("lora_r", f"GRPO trains a LoRA adapter: must be >= 1, got {self.lora_r}")
         if self.use_vllm:
-            raise RecipeError(
-                "use_vllm",
-                "TRL's vLLM generation sends token ids and images only and cannot carry EmoReason's embeddings; "
-                "GRPO generates with transformers (set use_vllm: false)",
-            )
+            self.check_rollout_settings()
         if self.eval_split or self.eval_strategy != "no":
             raise RecipeError(
                 "eval_split" if self.eval_split else "eval_strategy",
@@ -189,6 +197,30 @@ class GRPORecipe(GRPOConfig, EmoReasonOptions):
             )
         _library_post_init(super().__post_init__)
         check_trainer_settings(self)
+
+    def check_rollout_settings(self) -> None:
+        """`use_vllm: true` samples in a vLLM engine in each training process (train/rollouts.py)."""
+        if self.vllm_mode != "colocate":
+            raise RecipeError(
+                "vllm_mode",
+                f"only 'colocate' (a vLLM engine in each training process) can be fed EmoReason's embeddings; "
+                f"got {self.vllm_mode!r} (TRL's vLLM server takes token ids and images only)",
+            )
+        if self.vllm_tensor_parallel_size != 1:
+            raise RecipeError("vllm_tensor_parallel_size", "the rollout engine runs on one device per process: 1")
+        if self.vllm_enable_sleep_mode:
+            raise RecipeError("vllm_enable_sleep_mode", "not supported by EmoReason's rollouts (set it false)")
+        if self.vllm_sync_steps < 1:
+            raise RecipeError("vllm_sync_steps", f"must be >= 1, got {self.vllm_sync_steps}")
+        if self.vllm_kv_cache_gib < 1:
+            raise RecipeError("vllm_kv_cache_gib", f"must be a whole number of GiB >= 1, got {self.vllm_kv_cache_gib}")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            raise RecipeError(
+                "vllm_gpu_memory_utilization", f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}"
+            )
+        paged = getattr(self, "use_transformers_paged", False)
+        if paged or getattr(self, "use_transformers_continuous_batching", False):
+            raise RecipeError("use_vllm", "choose one generation backend: use_vllm or transformers' paged generation")
 
 
 def _library_post_init(post_init) -> None:

@@ -18,8 +18,9 @@ nothing else:
 The reference model is the policy with its adapter disabled (no second copy): the SFT model, whose adapter was
 merged at load. The new modules stay frozen by default, so that reference is exactly the SFT model.
 
-Generation: transformers `generate`, on CPU and GPU. TRL's vLLM paths send token ids and images only, so they
-cannot carry our embeddings (`use_vllm` is refused).
+Generation: transformers `generate` by default; with `use_vllm: true`, a vLLM engine in this process fed our
+embeddings and the policy's current LoRA (train/rollouts.py). TRL's own vLLM paths send token ids and images only,
+so they are not used: TRL is told `use_vllm` only after its set-up, for its importance-sampling correction.
 """
 
 from __future__ import annotations
@@ -37,10 +38,32 @@ from train.model import EmoReasonTrainerMixin
 class EmoReasonGRPOTrainer(EmoReasonTrainerMixin, GRPOTrainer):
     """GRPOTrainer that carries our media through generation, every log-probability and the loss."""
 
-    def __init__(self, *args, processor, **kwargs):
+    def __init__(self, *args, processor, rollout_model=None, **kwargs):
         self.media_processor = processor
         self._media_rows: list[dict] | None = None
-        super().__init__(*args, **kwargs)
+        self.rollouts = None
+        config = kwargs["args"]
+        use_vllm, config.use_vllm = config.use_vllm, False  # TRL's own vLLM set-up would load token-ids-only vLLM
+        try:
+            super().__init__(*args, **kwargs)
+        finally:
+            config.use_vllm = use_vllm
+        if use_vllm:
+            from train.rollouts import VLLMRollouts
+
+            self.use_vllm = True  # TRL's importance-sampling correction and its metrics follow this flag
+            composed = self.accelerator.unwrap_model(self.model).get_base_model()
+            self.rollouts = VLLMRollouts(rollout_model, config, composed, self.accelerator)
+
+    def train(self, *args, **kwargs):
+        finished = False
+        try:
+            result = super().train(*args, **kwargs)
+            finished = True
+            return result
+        finally:
+            if self.rollouts is not None:  # a run that ends keeps nothing of vLLM's; a failed one leaves it to resume
+                self.rollouts.close(remove=finished)
 
     # Prompts -> ids + per-sample media ----------------------------------------------------------------------------
 
@@ -64,6 +87,8 @@ class EmoReasonGRPOTrainer(EmoReasonTrainerMixin, GRPOTrainer):
     # Sampling -----------------------------------------------------------------------------------------------------
 
     def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+        if self.rollouts is not None:
+            return self._generate_in_vllm(prompt_ids)
         from trl.models import unwrap_model_for_generation
         from trl.trainer.utils import pad
 
@@ -96,6 +121,42 @@ class EmoReasonGRPOTrainer(EmoReasonTrainerMixin, GRPOTrainer):
         is_eos = torch.isin(completion_ids, torch.tensor(self.eos_token_ids, device=completion_ids.device))
         lengths = torch.where(is_eos.any(dim=1), is_eos.int().argmax(dim=1) + 1, completion_ids.size(1))
         return [c[: int(n)].tolist() for c, n in zip(completion_ids.cpu(), lengths.cpu(), strict=True)], None
+
+    def _generate_in_vllm(self, prompt_ids):
+        """Completions and their sampling log-probabilities from vLLM: the prompts' embeddings from this step's
+        model, the policy's adapter synced every `vllm_sync_steps` optimiser steps."""
+        from trl.extras.profiling import profiling_context
+
+        from serve.engine import encode_prompts
+
+        rollouts = self.rollouts
+        peft_model = self.accelerator.unwrap_model(self.model)
+        composed = peft_model.get_base_model()
+        step = self.state.global_step
+        if rollouts.synced_step is None or step - rollouts.synced_step >= self.args.vllm_sync_steps:
+            with profiling_context(self, "sync_weights"):
+                rollouts.sync(peft_model, composed, step)
+        rows = self._rows(len(prompt_ids))
+        unique: dict[int, int] = {}  # a group's copies share their rows: each prompt is encoded once
+        for row in rows:
+            unique.setdefault(id(row), len(unique))
+        firsts = {}
+        for ids, row in zip(prompt_ids, rows, strict=True):
+            firsts.setdefault(id(row), (ids, row))
+        order = list(firsts.values())
+        prompts = encode_prompts(
+            composed,
+            [torch.tensor(ids) for ids, _ in order],
+            concat_media([row for _, row in order], self.accelerator.device),
+            self._tokenizer.pad_token_id,
+            rollouts.dtype,
+        )
+        prompts = [prompts[unique[id(row)]] for row in rows]
+        params = rollouts.sampling_params(
+            self.args, self.args.generation_kwargs, stop_token_ids=list(self.eos_token_ids)
+        )
+        with profiling_context(self, "vLLM.generate"):
+            return rollouts.generate(prompts, params)
 
     # Log-probabilities --------------------------------------------------------------------------------------------
 
@@ -153,6 +214,13 @@ def build_trainer(recipe):
 
     space, train, resume_from, model, processor = load_inputs(recipe)
     model.freeze_base()
+    model.frozen_encoders_in_eval = True  # the audio encoder's dropout would differ between policy, old and reference
+    rollout_model = None
+    if recipe.use_vllm:  # the language model vLLM samples from: exported before GRPO's adapter wraps it
+        from train.model import check_model
+        from train.rollouts import export_rollout_model
+
+        rollout_model = export_rollout_model(model, processor.tokenizer, recipe, check_model(recipe))
     rewards = get_reward_funcs(recipe.rewards, {"length": {"max_chars": recipe.length_max_chars}})
     # TRL wraps the model in the adapter itself: a model handed over already wrapped would get a second, "ref"
     # adapter as its reference; a fresh adapter's reference is the model with the adapter disabled.
@@ -165,6 +233,7 @@ def build_trainer(recipe):
         processing_class=processor.tokenizer,
         processor=processor,
         peft_config=lora,
+        rollout_model=rollout_model,
     )
     model.set_trainable_new_modules(recipe.train_new_modules)  # PEFT left only the adapter trainable
     return trainer, processor, space, resume_from

@@ -136,6 +136,15 @@ class EmoReasonForConditionalGeneration(PreTrainedModel):
         for p in self.new_module_parameters():
             p.requires_grad_(trainable)
 
+    def train(self, mode: bool = True):
+        """As torch's, except that with `frozen_encoders_in_eval` set, the frozen pretrained audio encoder stays in
+        eval mode (no dropout) while the rest trains: GRPO scores the same tokens under the policy, the old policy,
+        the reference and vLLM, and each must see the same audio."""
+        super().train(mode)
+        if mode and getattr(self, "frozen_encoders_in_eval", False):
+            self.audio_branch.encoder.eval()
+        return self
+
     def freeze_base(self) -> None:
         """Freeze everything, then unfreeze the new modules (LoRA, if any, is added on top by PEFT)."""
         for p in self.parameters():

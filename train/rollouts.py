@@ -1,0 +1,215 @@
+"""GRPO rollouts in vLLM (`use_vllm: true`): the policy samples in a vLLM engine in the trainer's own process, fed
+our embeddings, with its current LoRA.
+
+    emoreason train grpo --config train/recipes/grpo_tiny_cpu.yaml --model runs/sft --use_vllm true
+
+TRL's vLLM paths send token ids and images only, so they cannot carry our audio, landmarks and face attention.
+Here, for each generation batch:
+
+- the prompts' embeddings come from the seam (`build_inputs`) of the trainer's own model, so the face attention
+  and audio branch sample as they are at that step; they reach vLLM exactly as they reach the serving engine
+  (`serve.engine.encode_prompts`: `prompt_embeds`, or image items with their grids for the M-RoPE bases);
+- the language model vLLM runs is the starting model's, exported once per run into `OUTPUT_DIR/rollouts/` (keyed
+  by content, so a resumed run reuses it); GRPO trains a LoRA on it and, every `vllm_sync_steps` optimiser steps,
+  the policy's adapter is saved, converted as `emoreason export` converts it, and loaded under a new adapter id
+  (the previous one unloaded and its folder removed);
+- every sampled token's log-probability comes back (`logprobs_mode: processed_logprobs`: after temperature, as
+  the trainer computes its own), so TRL's importance-sampling correction works as TRL documents it, and the mean
+  absolute difference between vLLM's and the trainer's log-probabilities is logged every logging step.
+
+`OUTPUT_DIR/rollouts/` is removed when the run ends; a killed run leaves it for `--resume` to reuse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+ROLLOUTS = "rollouts"
+
+
+def rollout_dtype(recipe) -> str:
+    """vLLM's dtype for the rollouts: the trainer's (bf16 / fp16 when it trains in them, else float32)."""
+    return "bfloat16" if recipe.bf16 else "float16" if recipe.fp16 else "float32"
+
+
+def export_rollout_model(model, tokenizer, recipe, model_dir: str | Path) -> Path:
+    """The starting model's language model as vLLM loads it, in `OUTPUT_DIR/rollouts/language_model` (written
+    atomically, reused while the starting model is unchanged). `model` is the composed model before GRPO's
+    adapter wraps it (an earlier stage's adapter merged), exactly the weights the policy's LoRA is trained on."""
+    import time
+
+    from mllm.export import content_key, export_is_current, export_language_model, write_export
+
+    final = Path(recipe.output_dir).expanduser().resolve() / ROLLOUTS / "language_model"
+    key = content_key(model_dir, salt=f"rollouts {rollout_dtype(recipe)}")
+    if int(os.environ.get("RANK") or 0) == 0:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        write_export(final, key, lambda tmp: export_language_model(model, tokenizer, tmp))
+        return final
+    deadline = time.monotonic() + 1800  # under a launcher, the main process writes it and the others wait
+    while not export_is_current(final, key):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{final}: the main process did not export the rollout model within 30 minutes")
+        time.sleep(0.5)
+    return final
+
+
+class VLLMRollouts:
+    """One vLLM engine (`vllm.LLM`) for one training process: the exported language model, LoRA slots for the
+    policy's adapter, prompt embeddings (or M-RoPE image items) as inputs."""
+
+    def __init__(self, lm_dir: Path, recipe, composed, accelerator=None):
+        import torch
+        from vllm import LLM
+
+        from serve.engine import LORA_SLOTS
+
+        self.lm_dir = Path(lm_dir)
+        self.folder = self.lm_dir.parent
+        self.dtype = rollout_dtype(recipe)
+        self.mm_embeds = composed.adapter.positions == "mrope"
+        self.rank = accelerator.process_index if accelerator is not None else 0
+        self.lora_id = 0
+        self.lora_path: Path | None = None
+        self.synced_step: int | None = None
+        self.suppress = {composed.config.image_token_id: -100.0, composed.config.audio_token_id: -100.0}
+        cpu = not torch.cuda.is_available()
+        if cpu:
+            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(recipe.vllm_kv_cache_gib)
+            if (os.cpu_count() or 1) <= 4:
+                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        eager = recipe.vllm_enforce_eager if recipe.vllm_enforce_eager is not None else cpu
+        text = composed.adapter.text_config(composed.base)
+        max_len = recipe.vllm_max_model_length or min(4096, getattr(text, "max_position_embeddings", 4096))
+        inputs = (
+            {"enable_mm_embeds": True, "limit_mm_per_prompt": {"image": 64}}
+            if self.mm_embeds
+            else {"enable_prompt_embeds": True}
+        )
+        extra = {}
+        if accelerator is not None and accelerator.num_processes > 1:
+            # One engine per process, as TRL colocates: vLLM joins the launcher's processes, starting none.
+            extra["distributed_executor_backend"] = "external_launcher"
+            os.environ["RANK"] = str(accelerator.process_index)
+            os.environ["LOCAL_RANK"] = str(accelerator.local_process_index)
+            os.environ["WORLD_SIZE"] = str(accelerator.num_processes)
+        if not cpu:
+            extra["gpu_memory_utilization"] = recipe.vllm_gpu_memory_utilization
+        self.llm = LLM(
+            model=str(self.lm_dir),
+            **inputs,
+            dtype=self.dtype,
+            enforce_eager=eager,
+            max_model_len=max_len,
+            max_num_seqs=max(8, recipe.per_device_train_batch_size * recipe.steps_per_generation),
+            seed=recipe.seed + self.rank,
+            enable_lora=True,
+            max_lora_rank=next((r for r in LORA_SLOTS if r >= recipe.lora_r), recipe.lora_r),
+            max_loras=1,
+            logprobs_mode="processed_logprobs",
+            **extra,
+        )
+        self.max_model_len = max_len
+
+    # The policy's adapter ----------------------------------------------------------------------------------------
+
+    def sync(self, peft_model, composed, step: int) -> Path:
+        """Save the policy's current adapter, convert it to the exported language model's names and load it into
+        vLLM under a new id; the previous adapter is unloaded and its folder removed."""
+        from vllm.lora.request import LoRARequest
+
+        from mllm.export import convert_lora_adapter
+        from mllm.outputs import atomic_dir
+
+        saved = self.folder / f"policy-{self.rank}-step{step}"
+        with atomic_dir(saved) as tmp:
+            peft_model.save_pretrained(str(tmp / "peft"))
+            convert_lora_adapter(tmp / "peft", tmp / "lora", composed, self.lm_dir)
+            shutil.rmtree(tmp / "peft")
+        old_id, old_path = self.lora_id, self.lora_path
+        self.lora_id += 1
+        self.lora_path = saved
+        self.request = LoRARequest(f"policy-step{step}", self.lora_id, str(saved / "lora"))
+        self.llm.llm_engine.add_lora(self.request)
+        if old_id:
+            self.llm.llm_engine.remove_lora(old_id)
+        if old_path is not None and old_path != saved:
+            shutil.rmtree(old_path, ignore_errors=True)
+        self.synced_step = step
+        return saved
+
+    # Sampling ------------------------------------------------------------------------------------------------------
+
+    def sampling_params(self, args, generation_kwargs: dict | None = None, **overrides):
+        """TRL's sampling settings as vLLM's: temperature, top_p, top_k, min_p, repetition penalty, the completion
+        length; the placeholder tokens suppressed (a sampled one would have no media to fill it)."""
+        from vllm import SamplingParams
+        from vllm.sampling_params import StructuredOutputsParams
+
+        settings = {
+            "n": 1,
+            "temperature": args.temperature,
+            "top_p": args.top_p,
+            "top_k": args.top_k if args.top_k is not None else 0,
+            "min_p": args.min_p or 0.0,
+            "repetition_penalty": args.repetition_penalty,
+            "max_tokens": args.max_completion_length,
+            "logprobs": 0,
+            "logit_bias": dict(self.suppress),
+            **(generation_kwargs or {}),
+            **overrides,
+        }
+        if settings["top_k"] in (None, -1):
+            settings["top_k"] = 0
+        if args.vllm_structured_outputs_regex:
+            settings["structured_outputs"] = StructuredOutputsParams(regex=args.vllm_structured_outputs_regex)
+        return SamplingParams(**settings)
+
+    def generate(self, prompts: list, params, lora: bool = True) -> tuple[list[list[int]], list[list[float]]]:
+        """Completion token ids and each sampled token's log-probability, one completion per prompt (vLLM's
+        inputs: `serve.engine.Prompt.inputs`)."""
+        import math
+
+        for p in prompts:
+            if p.tokens + params.max_tokens > self.max_model_len:
+                raise ValueError(
+                    f"a prompt of {p.tokens} tokens and max_completion_length {params.max_tokens} exceed "
+                    f"vllm_max_model_length {self.max_model_len}"
+                )
+        outputs = self.llm.generate(
+            [p.inputs for p in prompts],
+            sampling_params=params,
+            lora_request=self.request if (lora and self.lora_path is not None) else None,
+            use_tqdm=False,
+        )
+        ids, logprobs = [], []
+        for out in outputs:
+            piece = out.outputs[0]
+            ids.append(list(piece.token_ids))
+            lps = [lp[t].logprob for lp, t in zip(piece.logprobs or [], piece.token_ids, strict=True)]
+            logprobs.append([float("nan") if math.isnan(x) else float(x) for x in lps])
+        return ids, logprobs
+
+    def close(self, remove: bool = True) -> None:
+        """Stop the engine; with `remove`, the run is over: `OUTPUT_DIR/rollouts/` goes (only ours is in it)."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is not None:
+            engine = getattr(llm, "llm_engine", None)
+            core = getattr(engine, "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            del llm
+        if remove and self.rank == 0:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def adapter_digest(folder: Path) -> str:
+    """sha256 of a converted adapter's weights (what vLLM was given), for logs and tests."""
+    import hashlib
+
+    digest = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes())
+    digest.update(json.dumps(json.loads((folder / "adapter_config.json").read_text())["r"]).encode())
+    return digest.hexdigest()
