@@ -28,6 +28,10 @@ MLP width and layers; hv, iv, p: the vision tower's hidden size, MLP width and t
                         + R frames p 2 (6 hv + 2 iv)                   (the vision tower over every row's frames)
     peak                  (weights + states + max(training activations, GRPO generation)) x 1.10 + 1 GiB
                           (allocator fragmentation; CUDA context, cuBLAS and NCCL buffers)
+    GRPO with use_vllm    generation in the trainer is only the encoders and the prompts' embeddings; vLLM,
+                          colocated, adds 2 x its weights (the language model and head; Qwen-VL: the base) +
+                          the same KV cache + the LoRA + 2 GiB of its own (`vllm_gpu_memory_utilization` must
+                          give it that share of the GPU: `vllm` in --breakdown)
 
 Attention is SDPA (flash / memory-efficient kernels on GPU: no score matrices). The LM head never materialises full
 logits (TRL's fused, tiled head), so no vocabulary term. GRPO's reference model is
@@ -47,6 +51,7 @@ RECIPES_DIR = Path(__file__).parent / "recipes"
 GIB = 1024**3
 FRAGMENTATION = 1.10
 FIXED_OVERHEAD = 1 * GIB
+VLLM_OVERHEAD = 2 * GIB  # vLLM's own: CUDA graphs, sampler and activation buffers, its CUDA context
 
 
 def qwen2_05b(vocab_size: int, tie_word_embeddings: bool) -> dict:
@@ -242,6 +247,7 @@ class Shape:
     patches: int  # vision tokens per image, inside the tower
     tokens_per_image: int  # visual tokens per image in the language model
     largest_tensor: int  # parameters of the largest single tensor (ZeRO-3 gathers one at a time)
+    served: int = 0  # parameters vLLM loads for rollouts: the language model and head (Qwen-VL: the whole base)
 
 
 @dataclass
@@ -263,6 +269,17 @@ def lora_parameters(model, r: int) -> int:
     pattern = re.compile(rf"layers\.\d+\.(self_attn|mlp)\.({'|'.join(adapter.lora_target_modules)})$")
     decoder = adapter.language_model(model.base)
     return sum(r * (m.in_features + m.out_features) for n, m in decoder.named_modules() if pattern.search(n))
+
+
+def _served_parameters(model) -> int:
+    """What vLLM loads for the rollouts (`mllm.export.export_language_model`): the language model and its head, or
+    for the M-RoPE bases the base itself."""
+    if model.adapter.positions == "mrope":
+        return sum(p.numel() for p in model.base.parameters())
+    decoder = sum(p.numel() for p in model.adapter.language_model(model.base).parameters())
+    head = model.get_output_embeddings().weight
+    tied = head is model.get_input_embeddings().weight
+    return decoder + head.numel() * (2 if tied else 1)  # the export writes the head out even when tied
 
 
 def count_parameters(config, lora_r: int = 16) -> Counts:
@@ -291,6 +308,7 @@ def count_parameters(config, lora_r: int = 16) -> Counts:
         patches=grid * grid + (1 if base_config.model_type == "internvl" else 0),  # InternViT adds a CLS token
         tokens_per_image=model.adapter.tokens_per_image(base_config),
         largest_tensor=max(p.numel() for p in model.parameters()),
+        served=_served_parameters(model),
     )
     return Counts(total=total, frozen=total - new, lora=lora_parameters(model, lora_r), new_modules=new, shape=shape)
 
@@ -314,6 +332,7 @@ class Workload:
     text_tokens: int  # SFT: prompt + target; GRPO: the prompt's text
     completion_tokens: int = 0  # GRPO: max_completion_length
     generation_rows: int = 0  # GRPO: rows generated at once on one GPU
+    use_vllm: bool = False  # GRPO: rollouts in a vLLM engine colocated on each GPU
 
 
 def workload_from_recipe(recipe: dict, frames: int, audio_tokens: int, text_tokens: int, prompt_tokens: int):
@@ -333,6 +352,7 @@ def workload_from_recipe(recipe: dict, frames: int, audio_tokens: int, text_toke
         text_tokens=prompt_tokens if grpo else text_tokens,
         completion_tokens=int(recipe.get("max_completion_length", 256)) if grpo else 0,
         generation_rows=micro * int(steps_per_generation) if grpo else 0,
+        use_vllm=bool(recipe.get("use_vllm", False)) and grpo,
     )
 
 
@@ -355,21 +375,27 @@ def estimate(counts: Counts, work: Workload, gpus: int = 1, zero: int = 0) -> di
     activations = work.micro_batch * (
         tokens * stored + work.frames * (vision_per_image + 2 * 8 * s.hidden * s.tokens_per_image)
     )
-    generation = 0.0
+    generation = vllm = 0.0
     if work.grpo:
         rows, prompt = work.generation_rows, media + work.text_tokens
         kv_cache = rows * (prompt + work.completion_tokens) * s.layers * 2 * s.kv_dim * 2
         prefill = rows * prompt * 2 * (6 * s.hidden + 3 * s.intermediate)
-        generation = kv_cache + prefill + rows * work.frames * vision_per_image
-        if zero == 3:  # the whole model gathered for generation
+        encoders = rows * work.frames * vision_per_image + rows * prompt * s.hidden * 2  # + the prompts' embeddings
+        if work.use_vllm:  # the trainer only encodes the prompts; vLLM holds its own weights, KV cache and LoRA
+            generation = encoders
+            vllm = 2 * s.served + kv_cache + 2 * 2 * counts.lora + VLLM_OVERHEAD
+        else:
+            generation = kv_cache + prefill + encoders
+        if zero == 3 and not work.use_vllm:  # the whole model gathered for generation
             generation += 2 * counts.total - weights
-    peak = (weights + states + gather + max(activations, generation)) * FRAGMENTATION + FIXED_OVERHEAD
+    peak = (weights + states + gather + max(activations, generation)) * FRAGMENTATION + FIXED_OVERHEAD + vllm
     return {
         "weights": weights,
         "trainable_states": states,
         "zero3_gather": gather,
         "activations": activations,
         "generation": generation,
+        "vllm": vllm,
         "peak": peak,
     }
 

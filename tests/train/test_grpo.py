@@ -93,9 +93,3 @@ def test_grpo_runs_from_an_sft_output(sft_run, expression_data, tmp_path):
     grpo_lm = load_file(final / "model.safetensors")
     key = next(k for k in sft_lm if "layers.0.self_attn.q_proj.weight" in k)
     assert not torch.equal(sft_lm[key], grpo_lm[key])
-
-
-def test_use_vllm_is_refused_with_the_reason(tiny_dir, av_data, tmp_path, capsys):
-    args = _args(tiny_dir / "emoreason", av_data, tmp_path / "run", "--use_vllm", "true")
-    assert main(["train", "grpo", *args]) == 1
-    assert "cannot carry" in capsys.readouterr().err

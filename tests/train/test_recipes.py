@@ -56,7 +56,7 @@ def test_gpu_recipe_settings(name):
     assert not raw.get("use_cpu", False)
     assert raw["learning_rate"] > 0 and raw["lora_r"] > 0
     if name.startswith("grpo_"):
-        assert raw["use_vllm"] is False  # TRL's vLLM paths cannot carry the embeddings
+        assert raw["use_vllm"] is True and 0 < raw["vllm_gpu_memory_utilization"] < 0.5  # colocated rollouts
         steps = raw.get("steps_per_generation", raw["gradient_accumulation_steps"])
         assert raw["per_device_train_batch_size"] * steps % raw["num_generations"] == 0
     text = (RECIPES / name).read_text()
@@ -212,3 +212,20 @@ def test_memory_estimate_shards_as_zero_does():
     assert z3["weights"] == pytest.approx(one["weights"] / 8)
     assert z3["generation"] > one["generation"]  # generation gathers the whole model under ZeRO-3
     assert one["activations"] > 0 and one["peak"] > one["weights"] + one["trainable_states"]
+
+
+def test_memory_estimate_of_colocated_vllm_rollouts():
+    from dataclasses import replace
+
+    from train.memory import GIB, Counts, Shape, Workload, estimate
+
+    shape = Shape(896, 4864, 24, 128, 1024, 4096, 1025, 256, 100_000_000, served=500_000_000)
+    counts = Counts(total=1_000_000_000, frozen=980_000_000, lora=10_000_000, new_modules=10_000_000, shape=shape)
+    work = Workload(True, 8, 16, True, False, True, frames=8, audio_tokens=32, text_tokens=150, completion_tokens=384,
+                    generation_rows=16)  # fmt: skip
+    plain, colocated = estimate(counts, work), estimate(counts, replace(work, use_vllm=True))
+    assert plain["vllm"] == 0
+    # vLLM holds its own bf16 weights, the KV cache (no longer the trainer's) and the LoRA, plus its overhead
+    kv = 16 * (8 * 256 + 32 + 150 + 384) * 24 * 2 * 128 * 2
+    assert colocated["vllm"] == pytest.approx(2 * 500_000_000 + kv + 4 * 10_000_000 + 2 * GIB)
+    assert colocated["generation"] < plain["generation"] and colocated["peak"] > plain["peak"]
