@@ -13,9 +13,12 @@ Here, for each generation batch:
   by content, so a resumed run reuses it); GRPO trains a LoRA on it and, every `vllm_sync_steps` optimiser steps,
   the policy's adapter is saved, converted as `emoreason export` converts it, and loaded under a new adapter id
   (the previous one unloaded and its folder removed);
-- every sampled token's log-probability comes back (`logprobs_mode: processed_logprobs`: after temperature, as
-  the trainer computes its own), so TRL's importance-sampling correction works as TRL documents it, and the mean
-  absolute difference between vLLM's and the trainer's log-probabilities is logged every logging step.
+- every sampled token's log-probability comes back, as the trainer computes its own (log_softmax of the logits over
+  the temperature: vLLM's raw log-probabilities at temperature 1, its processed ones otherwise), so TRL's
+  importance-sampling correction measures the two engines' difference, and the mean absolute difference between
+  vLLM's and the trainer's log-probabilities is logged every logging step. At temperature 1 a top_p / top_k
+  truncation is not counted as a difference: sampling means what it means with transformers `generate`, where
+  TRL takes the samples as the policy's.
 
 `OUTPUT_DIR/rollouts/` is removed when the run ends; a killed run leaves it for `--resume` to reuse.
 """
@@ -65,8 +68,6 @@ class VLLMRollouts:
         import torch
         from vllm import LLM
 
-        from serve.engine import LORA_SLOTS
-
         self.lm_dir = Path(lm_dir)
         self.folder = self.lm_dir.parent
         self.dtype = rollout_dtype(recipe)
@@ -76,11 +77,18 @@ class VLLMRollouts:
         self.lora_path: Path | None = None
         self.synced_step: int | None = None
         self.suppress = {composed.config.image_token_id: -100.0, composed.config.audio_token_id: -100.0}
+        # The log-probabilities the trainer computes: log_softmax(logits / temperature), over the whole vocabulary.
+        # At temperature 1 those are vLLM's raw ones, exactly; otherwise its processed ones (after the temperature),
+        # which also renormalise over what top_p / top_k / min_p and the suppressed placeholders leave.
+        self.logprobs_mode = "raw_logprobs" if recipe.temperature == 1.0 else "processed_logprobs"
         cpu = not torch.cuda.is_available()
+        # The engine runs in this process (no engine-core child): a training process killed with SIGKILL leaves no
+        # vLLM process behind, and the trainer waits on generation anyway.
+        env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
         if cpu:
-            os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(recipe.vllm_kv_cache_gib)
+            env["VLLM_CPU_KVCACHE_SPACE"] = str(recipe.vllm_kv_cache_gib)
             if (os.cpu_count() or 1) <= 4:
-                os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+                env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = os.environ.get("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         eager = recipe.vllm_enforce_eager if recipe.vllm_enforce_eager is not None else cpu
         text = composed.adapter.text_config(composed.base)
         max_len = recipe.vllm_max_model_length or min(4096, getattr(text, "max_position_embeddings", 4096))
@@ -98,7 +106,22 @@ class VLLMRollouts:
             os.environ["WORLD_SIZE"] = str(accelerator.num_processes)
         if not cpu:
             extra["gpu_memory_utilization"] = recipe.vllm_gpu_memory_utilization
-        self.llm = LLM(
+        previous = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)  # for this engine only: a serving engine started later in the process has its own
+        try:
+            self.llm = self._start(LLM, inputs, eager, max_len, recipe, extra)
+        finally:
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+        self.max_model_len = max_len
+
+    def _start(self, LLM, inputs, eager, max_len, recipe, extra):  # noqa: N803 (the class, passed in)
+        from serve.engine import LORA_SLOTS
+
+        return LLM(
             model=str(self.lm_dir),
             **inputs,
             dtype=self.dtype,
@@ -109,10 +132,9 @@ class VLLMRollouts:
             enable_lora=True,
             max_lora_rank=next((r for r in LORA_SLOTS if r >= recipe.lora_r), recipe.lora_r),
             max_loras=1,
-            logprobs_mode="processed_logprobs",
+            logprobs_mode=self.logprobs_mode,
             **extra,
         )
-        self.max_model_len = max_len
 
     # The policy's adapter ----------------------------------------------------------------------------------------
 

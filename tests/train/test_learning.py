@@ -136,13 +136,14 @@ def test_sft_understands_the_question_asked_in_other_words(sft_learned, photo_da
     assert asked >= own - 0.15 and asked >= 0.45
 
 
-@pytest.fixture(scope="module")
-def grpo_learned(sft_learned, photo_data, tmp_path_factory):
-    """GRPO from the SFT output on 12 training prompts (so every third of the run sees the same prompts)."""
+@pytest.fixture(scope="module", params=["transformers", "vllm"])
+def grpo_learned(request, sft_learned, photo_data, tmp_path_factory):
+    """GRPO from the SFT output on 12 training prompts (so every third of the run sees the same prompts), sampling
+    with transformers `generate` or in vLLM (`use_vllm: true`, train/rollouts.py)."""
     out = tmp_path_factory.mktemp("grpo-learn") / "run"
     args = ["train", "grpo", "--config", str(GRPO_RECIPE), "--model", str(sft_learned / "model"), "--data",
             str(photo_data), "--output_dir", str(out), "--report_to", "none", "--log_completions", "false",
-            "--max_train_samples", 12]  # fmt: skip
+            "--max_train_samples", 12, "--use_vllm", str(request.param == "vllm").lower()]  # fmt: skip
     assert main(list(map(str, args))) == 0
     return out
 

@@ -52,8 +52,9 @@ def _greedy_pair(trainer, prompt_json: str, n_tokens: int):
 
 
 def _policy_logprobs(trainer, prompt: list[int], row: dict, completion: list[int]) -> torch.Tensor:
-    """The policy's log-probability of each completion token (transformers, current weights), under the distribution
-    vLLM samples from: temperature applied, the media placeholders suppressed (logit bias -100)."""
+    """The policy's log-probability of each completion token (transformers, current weights) as vLLM reports it: at
+    temperature 1 its raw log-probabilities (the trainer's own), otherwise after the temperature and the logit bias
+    that suppresses the media placeholders (top_p is 1 here)."""
     peft_model = trainer.accelerator.unwrap_model(trainer.model)
     was_training = peft_model.training
     peft_model.eval()
@@ -62,21 +63,25 @@ def _policy_logprobs(trainer, prompt: list[int], row: dict, completion: list[int
         logits = peft_model(input_ids=ids, attention_mask=torch.ones_like(ids), **row).logits[0]
     peft_model.train(was_training)
     logits = logits[len(prompt) - 1 : -1].float() / trainer.args.temperature
-    for token, bias in trainer.rollouts.suppress.items():
-        logits[:, token] += bias
+    if trainer.rollouts.logprobs_mode == "processed_logprobs":  # after the temperature and the logit bias
+        for token, bias in trainer.rollouts.suppress.items():
+            logits[:, token] += bias
     return torch.log_softmax(logits, dim=-1).gather(1, torch.tensor(completion)[:, None])[:, 0]
 
 
-def test_vllm_samples_with_the_policys_current_adapter(tiny_dir, av_data, tmp_path):
+def _train_watching_vllm(model_dir, data, out, steps: int, *extra):
+    """A short GRPO run with vLLM rollouts; at each generation, what vLLM and the policy answer greedily (and the
+    starting model, in vLLM without the adapter) and how far vLLM's sampling log-probabilities are from the policy's.
+    Returns (trainer, [(step, synced step, vLLM greedy, policy greedy, starting greedy)], [max |difference|])."""
     from train.config import GRPORecipe, parse_recipe
     from train.grpo import build_trainer
 
-    out = tmp_path / "run"
-    recipe = parse_recipe(GRPORecipe, _args(tiny_dir / "emoreason", av_data, out, "--max_steps", 4,
-                          "--num_generations", 4, "--per_device_train_batch_size", 4, "--max_completion_length", 12,
-                          "--learning_rate", 0.05, "--beta", 0.0, "--top_p", 1.0, "--save_steps", 100,
+    recipe = parse_recipe(GRPORecipe, _args(model_dir, data, out, "--max_steps", steps, "--num_generations", 4,
+                          "--per_device_train_batch_size", 4, "--max_completion_length", 12, "--learning_rate", 0.05,
+                          "--beta", 0.0, "--top_p", 1.0, "--save_steps", 100,
                           # a reward that varies within a group even for a random model's text: its length
-                          "--rewards", "length", "--reward_weights", 1.0, "--length_max_chars", 20))  # fmt: skip
+                          "--rewards", "length", "--reward_weights", 1.0, "--length_max_chars", 20,
+                          *extra))  # fmt: skip
     trainer = build_trainer(recipe)[0]
     prompt = trainer.train_dataset[0]["prompt"]  # the schema's chat, as JSON text
     assert isinstance(prompt, str) and json.loads(prompt)
@@ -98,6 +103,13 @@ def test_vllm_samples_with_the_policys_current_adapter(tiny_dir, av_data, tmp_pa
 
     trainer._generate_in_vllm = spy
     trainer.train()
+    return trainer, seen, differences
+
+
+def test_vllm_samples_with_the_policys_current_adapter(tiny_base_dir, av_data, tmp_path):
+    """On every served base: the 1-D ones fed prompt_embeds, the M-RoPE ones (Qwen-VL) image items and grids."""
+    out = tmp_path / "run"
+    trainer, seen, differences = _train_watching_vllm(tiny_base_dir / "emoreason", av_data, out, 4)
     steps = [s for s, *_ in seen]
     assert steps == [0, 1, 2, 3], steps
     for step, synced_step, synced, policy, _ in seen:
@@ -108,9 +120,85 @@ def test_vllm_samples_with_the_policys_current_adapter(tiny_dir, av_data, tmp_pa
     assert seen[0][4] == seen[0][3]  # at step 0 the fresh adapter is zero: all three agree
     print("largest |vLLM - policy| log-probability per sample:", differences)
     assert len(differences) == 8 and max(differences) < 1e-4, differences  # fp32 on CPU
-    # TRL's importance-sampling correction ran on them, and logged how far they are from its own (which do not
-    # suppress the placeholders: the correction accounts for that), every logging step
+    # TRL's importance-sampling correction ran on them, and logged how far they are from its own every logging step
     logged = [h for h in trainer.state.log_history if "sampling/sampling_logp_difference/mean" in h]
     assert len(logged) == 4 and all("sampling/importance_sampling_ratio/mean" in h for h in logged)
-    assert all(0 <= h["sampling/sampling_logp_difference/mean"] < 0.1 for h in logged), logged
+    assert all(0 <= h["sampling/sampling_logp_difference/mean"] < 1e-4 for h in logged), logged
     assert not (out / "rollouts").exists()  # the run ended: nothing of vLLM's is left in the run folder
+
+
+def test_at_another_temperature_vllms_log_probabilities_are_taken_after_it(tiny_dir, av_data, tmp_path):
+    trainer, seen, differences = _train_watching_vllm(tiny_dir / "emoreason", av_data, tmp_path / "run", 1,
+                                                      "--temperature", 0.7)  # fmt: skip
+    assert trainer.rollouts.logprobs_mode == "processed_logprobs"
+    assert len(seen) == 1 and seen[0][2] == seen[0][3]
+    print("largest |vLLM - policy| log-probability per sample at temperature 0.7:", differences)
+    assert len(differences) == 2 and max(differences) < 1e-4, differences
+
+
+def test_sigkill_then_resume_loads_the_checkpoints_adapter_into_vllm(tiny_dir, av_data, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+    from safetensors.torch import load_file
+
+    from train.config import GRPORecipe, parse_recipe
+    from train.grpo import build_trainer
+
+    repo = Path(__file__).resolve().parents[2]
+    out = tmp_path / "run"
+    args = _args(tiny_dir / "emoreason", av_data, out, "--max_steps", 6, "--save_steps", 2, "--num_generations", 4,
+                 "--per_device_train_batch_size", 4, "--max_completion_length", 12, "--learning_rate", 0.05,
+                 "--beta", 0.0, "--rewards", "length", "--reward_weights", 1.0, "--length_max_chars", 20)  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(repo)}
+    proc = subprocess.Popen([sys.executable, "-m", "mllm.cli", "train", "grpo", *args], cwd=repo, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.time() + 600
+    while not (out / "checkpoint-2" / ".emoreason-complete").exists():
+        assert proc.poll() is None, "the run ended before it could be killed"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    family = [proc.pid] + [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    time.sleep(1)
+    alive = [pid for pid in family if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"processes of the killed run still running: {alive}"  # vLLM runs in the trainer's process
+    assert not (out / "model").exists()
+    export = out / "rollouts" / "language_model"
+    assert export.is_dir()  # left for the resumed run
+    exported_at = (export / "model.safetensors").stat().st_mtime_ns
+
+    recipe = parse_recipe(GRPORecipe, [*args, "--resume", "true"])
+    trainer, _, _, resume_from = build_trainer(recipe)
+    assert (export / "model.safetensors").stat().st_mtime_ns == exported_at  # the export was reused
+    seen = []
+    original = trainer._generate_in_vllm
+
+    def spy(prompt_ids):
+        result = original(prompt_ids)
+        if not seen:  # the first rollout of the resumed run: the checkpoint's adapter, loaded into vLLM
+
+            def by_layer(weights):  # the converted adapter names the exported model's modules: compare from "layers."
+                return {"layers." + k.split(".layers.", 1)[1]: v for k, v in weights.items()}
+
+            converted = by_layer(load_file(trainer.rollouts.lora_path / "lora" / "adapter_model.safetensors"))
+            checkpoint = by_layer(load_file(Path(resume_from) / "adapter_model.safetensors"))
+            assert converted.keys() == checkpoint.keys()
+            for key, value in checkpoint.items():
+                torch.testing.assert_close(converted[key], value, rtol=0, atol=0, msg=key)
+            rows = trainer._media_rows
+            synced, policy, _ = _greedy_pair(trainer, trainer.train_dataset[0]["prompt"], 12)
+            trainer._media_rows = rows
+            seen.append((trainer.state.global_step, trainer.rollouts.synced_step, synced == policy))
+        return result
+
+    trainer._generate_in_vllm = spy
+    assert Path(resume_from).name == "checkpoint-2"
+    trainer.train(resume_from_checkpoint=resume_from)
+    assert seen == [(2, 2, True)], seen
+    assert trainer.state.global_step == 6 and not (out / "rollouts").exists()
