@@ -22,11 +22,15 @@ Each configuration runs in a fresh subprocess (`--one`), because peak RSS is pro
   SFTTrainer with our collator, fused LM-head loss, entropy and token-accuracy metrics, gradient clipping, fused
   AdamW, logging). The recipe does not set `bf16`, so TRL's default (`bf16: true`) applies: bf16 autocast, on CPU
   too; `sft-trainer-fp32` is the same with `--bf16 false`, which separates the trainer's overhead from precision;
-- `grpo`: `train.grpo.build_trainer` from `train/recipes/grpo_tiny_cpu.yaml` (bf16 as for SFT) on the raw random
-  checkpoint, with `--max_completion_length` from `--completion-length` (the recipe's 160 makes a tiny step take
+- `grpo`: `train.grpo.build_trainer` from `train/recipes/grpo_tiny_cpu.yaml` (fp32, as the recipe sets) on the raw
+  random checkpoint, with `--max_completion_length` from `--completion-length` (the recipe's 160 makes a tiny step take
   ~20 s here). One step is one prompt's 8 completions; a random model rarely stops early, so each runs to the
   limit. `_tokenize_prompts` (media) and `_generate_single_turn` (sampling) are timed inside the trainer;
-  "update" is the rest of the step (rewards, reference log-probabilities, policy forward, loss, backward, optimiser).
+  "update" is the rest of the step (rewards, reference log-probabilities, policy forward, loss, backward, optimiser);
+- `grpo-vllm`: the same with `use_vllm: true` (train/rollouts.py): the completions are sampled by the vLLM engine
+  in the trainer's process; its "generation" includes the adapter's sync every step (saved, converted, loaded), and
+  the trainer then computes the old policy's log-probabilities for TRL's importance-sampling correction (in
+  "update"). The issue's comparison: `--completion-length 128 --sizes tiny mid --configs grpo grpo-vllm`.
 
 Step time is measured from one step's end to the next, so it includes the collator's work for that step; the first
 `--warmup` steps are dropped and the median of the rest is shown. Tokens are the batch's attention-mask sum (SFT)
@@ -55,7 +59,8 @@ sys.path.insert(0, str(REPO))
 
 SFT_RECIPE = REPO / "train" / "recipes" / "sft_tiny_cpu.yaml"
 GRPO_RECIPE = REPO / "train" / "recipes" / "grpo_tiny_cpu.yaml"
-CONFIGS = ("sft-trainer", "sft-trainer-fp32", "sft-plain", "grpo")  # the trainer first: the loop replays its batches
+# The trainer first: the loop replays its batches.
+CONFIGS = ("sft-trainer", "sft-trainer-fp32", "sft-plain", "grpo", "grpo-vllm")
 RESULT = "TRAIN_STEP_RESULT "
 
 
@@ -231,7 +236,7 @@ def run_sft_plain(model: Path, data: Path, out: Path, steps: int, batches: list[
     }
 
 
-def run_grpo(model: Path, data: Path, out: Path, steps: int, completion_length: int) -> dict:
+def run_grpo(model: Path, data: Path, out: Path, steps: int, completion_length: int, extra=()) -> dict:
     from train.config import GRPORecipe, parse_recipe
     from train.grpo import EmoReasonGRPOTrainer, build_trainer
 
@@ -253,7 +258,7 @@ def run_grpo(model: Path, data: Path, out: Path, steps: int, completion_length: 
     EmoReasonGRPOTrainer._tokenize_prompts = timed("prompt media", EmoReasonGRPOTrainer._tokenize_prompts)
     EmoReasonGRPOTrainer._generate_single_turn = timed("generate", EmoReasonGRPOTrainer._generate_single_turn)
     argv = _recipe_argv(GRPO_RECIPE, model, data, out, steps) + ["--max_completion_length", str(completion_length)]
-    recipe = parse_recipe(GRPORecipe, argv)
+    recipe = parse_recipe(GRPORecipe, [*argv, *extra])
     trainer, processor, _, _ = build_trainer(recipe)
     _no_face_cache(trainer.media_processor)
     trainer.add_callback(clock.callback())
@@ -270,6 +275,7 @@ def run_grpo(model: Path, data: Path, out: Path, steps: int, completion_length: 
         "num_generations": recipe.num_generations,
         "max_completion_length": recipe.max_completion_length,
         "bf16": recipe.bf16,
+        "use_vllm": recipe.use_vllm,
         **_params(trainer.model),
     }
 
@@ -287,8 +293,11 @@ def run_one(args) -> int:
         result = run_sft_trainer(Path(args.model), Path(args.data), out, args.steps, ["--bf16", "false"])
     elif args.one == "sft-plain":
         result = run_sft_plain(Path(args.model), Path(args.data), out, args.steps, batches)
-    else:
+    elif args.one == "grpo":
         result = run_grpo(Path(args.model), Path(args.data), out, args.steps, args.completion_length)
+    else:
+        result = run_grpo(Path(args.model), Path(args.data), out, args.steps, args.completion_length,
+                          ["--use_vllm", "true"])  # fmt: skip
     print(RESULT + json.dumps(result), flush=True)
     return 0
 
@@ -366,30 +375,44 @@ def sft_table(results: dict, warmup: int) -> list[str]:
     return lines
 
 
+GRPO_BACKENDS = {"grpo": "transformers generate", "grpo-vllm": "vLLM (use_vllm)"}
+
+
 def grpo_table(results: dict, warmup: int) -> list[str]:
     lines = [
-        "| size | precision | s / step | cpu s / step | prompt media s | generation s (share) | update s (share) "
-        "| completion tokens / step "
-        "| generated tokens / s | peak RSS MiB | + train MiB |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | generation | precision | s / step | cpu s / step | prompt media s | generation s (share) "
+        "| update s (share) | completion tokens / step | generated tokens / s | peak RSS MiB | + train MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    ratios = []
     for size, by_config in results.items():
-        if "grpo" not in by_config:
-            continue
-        r = by_config["grpo"]
-        if isinstance(r, str):
-            lines.append(f"| {size} | failed: {(r or 'not run').splitlines()[0]} ||||||||")
-            continue
-        step = _median(r["seconds"], warmup)
-        media, generate = _median(r["prompt media"], warmup), _median(r["generate"], warmup)
-        update = [s - m - g for s, m, g in zip(r["seconds"], r["prompt media"], r["generate"], strict=True)]
-        lines.append(
-            f"| {size} | {_precision(r)} | {step:.2f} | {_median(r['cpu'], warmup):.2f} | {media:.2f} "
-            f"| {generate:.2f} ({generate / step:.0%}) "
-            f"| {_median(update, warmup):.2f} ({_median(update, warmup) / step:.0%}) "
-            f"| {_median(r['generated_tokens'], warmup):.0f} "
-            f"| {_rate(r['generated_tokens'], r['generate'], warmup):.0f} | {' | '.join(_memory(r))} |"
-        )
+        measured = {}
+        for config, backend in GRPO_BACKENDS.items():
+            if config not in by_config:
+                continue
+            r = by_config[config]
+            if isinstance(r, str):
+                lines.append(f"| {size} | {backend} | failed: {(r or 'not run').splitlines()[0]} |||||||||")
+                continue
+            step = _median(r["seconds"], warmup)
+            media, generate = _median(r["prompt media"], warmup), _median(r["generate"], warmup)
+            update = [s - m - g for s, m, g in zip(r["seconds"], r["prompt media"], r["generate"], strict=True)]
+            rate = _rate(r["generated_tokens"], r["generate"], warmup)
+            measured[config] = (step, generate, rate)
+            lines.append(
+                f"| {size} | {backend} | {_precision(r)} | {step:.2f} | {_median(r['cpu'], warmup):.2f} | {media:.2f} "
+                f"| {generate:.2f} ({generate / step:.0%}) "
+                f"| {_median(update, warmup):.2f} ({_median(update, warmup) / step:.0%}) "
+                f"| {_median(r['generated_tokens'], warmup):.0f} "
+                f"| {rate:.0f} | {' | '.join(_memory(r))} |"
+            )
+        if len(measured) == 2:
+            (s0, g0, r0), (s1, g1, r1) = measured["grpo"], measured["grpo-vllm"]
+            ratios.append(f"{size}: vLLM's step {s0 / s1:.2f}x as fast, its generation {g0 / g1:.2f}x "
+                          f"({r1:.0f} against {r0:.0f} tokens / s)")  # fmt: skip
+    if ratios:
+        lines += ["", "vLLM against transformers `generate` (the sync of the adapter counted in vLLM's generation): "
+                  + "; ".join(ratios) + "."]  # fmt: skip
     return lines
 
 

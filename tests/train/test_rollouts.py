@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from mllm.cli import main
+
 GRPO_RECIPE = Path(__file__).resolve().parents[2] / "train" / "recipes" / "grpo_tiny_cpu.yaml"
 
 
@@ -202,3 +204,14 @@ def test_sigkill_then_resume_loads_the_checkpoints_adapter_into_vllm(tiny_dir, a
     trainer.train(resume_from_checkpoint=resume_from)
     assert seen == [(2, 2, True)], seen
     assert trainer.state.global_step == 6 and not (out / "rollouts").exists()
+
+
+def test_a_base_vllm_cannot_serve_is_refused_in_one_line(tiny_qwen3_5_dir, av_data, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = _args(tiny_qwen3_5_dir / "emoreason", av_data, out, "--max_steps", 1, "--num_generations", 2,
+                 "--per_device_train_batch_size", 2)  # fmt: skip
+    assert main(["train", "grpo", *args]) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "qwen3_5" in lines[0] and "serving" in lines[0], err
+    assert "Traceback" not in err and not out.exists()  # the run folder it made is taken back
