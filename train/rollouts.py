@@ -98,7 +98,8 @@ class VLLMRollouts:
             else {"enable_prompt_embeds": True}
         )
         extra = {}
-        if accelerator is not None and accelerator.num_processes > 1:
+        self.external_launcher = accelerator is not None and accelerator.num_processes > 1
+        if self.external_launcher:
             # One engine per process, as TRL colocates: vLLM joins the launcher's processes, starting none.
             extra["distributed_executor_backend"] = "external_launcher"
             os.environ["RANK"] = str(accelerator.process_index)
@@ -217,10 +218,11 @@ class VLLMRollouts:
 
     def close(self, remove: bool = True) -> None:
         """Stop the engine; with `remove`, the run is over: `OUTPUT_DIR/rollouts/` goes (only ours is in it)."""
-        llm, self.llm = getattr(self, "llm", None), None
-        if llm is not None:
-            engine = getattr(llm, "llm_engine", None)
-            core = getattr(engine, "engine_core", None)
+        # Under a launcher, vLLM's shutdown (also run when the engine is collected) takes down torch.distributed's
+        # process group, which the run still needs for its final gather: the engine then ends with the process.
+        if not self.external_launcher:
+            llm, self.llm = getattr(self, "llm", None), None
+            core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()
             del llm

@@ -215,3 +215,32 @@ def test_a_base_vllm_cannot_serve_is_refused_in_one_line(tiny_qwen3_5_dir, av_da
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and "qwen3_5" in lines[0] and "serving" in lines[0], err
     assert "Traceback" not in err and not out.exists()  # the run folder it made is taken back
+
+
+def test_two_processes_under_accelerate_launch_each_roll_out_in_their_own_vllm(tiny_dir, av_data, tmp_path):
+    """`accelerate launch` with 2 processes (gloo on CPU): one vLLM engine per process, every process ends with the
+    same weights, and the run folder keeps nothing of vLLM's."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = tmp_path / "ddp"
+    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
+    args = _args(tiny_dir / "emoreason", av_data, out, "--max_steps", 2, "--save_steps", 2, "--num_generations", 2,
+                 "--per_device_train_batch_size", 2, "--max_completion_length", 8)  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "mllm.cli", "train",
+                           "grpo", *args], cwd=repo, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "model" / "train_report.json").read_text())
+    assert report["processes"] == 2 and report["global_step"] == 2
+    digests = report["weights_sha256_per_process"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    assert any("sampling/sampling_logp_difference/mean" in h for h in report["log_history"])
+    assert not (out / "rollouts").exists() and not list(out.rglob("*.emoreason-tmp-*"))
