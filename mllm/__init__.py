@@ -11,7 +11,28 @@ Names are imported on first use (PEP 562), so `import mllm` and `emoreason --hel
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
+
+
+def _inductor_cache_per_cpu_capability() -> None:
+    """torch's compiled-kernel cache (used by vLLM's sampler for log-probabilities, and by compiled graphs) is not
+    keyed by ATEN_CPU_CAPABILITY: a kernel built with AVX-512 code is reused under `=default` and fails to compile
+    (measured: `at::vec` undeclared). Where the capability is forced and no cache folder is set, each gets its own."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY")
+    if capability and "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        import getpass
+        import tempfile
+
+        try:
+            user = getpass.getuser()
+        except (KeyError, OSError):
+            user = str(os.getuid())
+        folder = f"torchinductor_{user}_{capability}".replace(os.sep, "_")
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(tempfile.gettempdir(), folder)
+
+
+_inductor_cache_per_cpu_capability()
 
 # public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
