@@ -24,13 +24,15 @@ Each configuration runs in a fresh subprocess (`--one`), because peak RSS is pro
   too; `sft-trainer-fp32` is the same with `--bf16 false`, which separates the trainer's overhead from precision;
 - `grpo`: `train.grpo.build_trainer` from `train/recipes/grpo_tiny_cpu.yaml` (fp32, as the recipe sets) on the raw
   random checkpoint, with `--max_completion_length` from `--completion-length` (the recipe's 160 makes a tiny step take
-  ~20 s here). One step is one prompt's 8 completions; a random model rarely stops early, so each runs to the
-  limit. `_tokenize_prompts` (media) and `_generate_single_turn` (sampling) are timed inside the trainer;
+  ~20 s here). One step is the recipe's batch: 3 prompts x 8 completions; a random model rarely stops early, so most
+  run to the limit. `_tokenize_prompts` (media) and `_generate_single_turn` (sampling) are timed inside the trainer;
   "update" is the rest of the step (rewards, reference log-probabilities, policy forward, loss, backward, optimiser);
 - `grpo-vllm`: the same with `use_vllm: true` (train/rollouts.py): the completions are sampled by the vLLM engine
   in the trainer's process; its "generation" includes the adapter's sync every step (saved, converted, loaded), and
   the trainer then computes the old policy's log-probabilities for TRL's importance-sampling correction (in
-  "update"). The issue's comparison: `--completion-length 128 --sizes tiny mid --configs grpo grpo-vllm`.
+  "update"); `grpo-vllm-no-is`: the same without that correction (`vllm_importance_sampling_correction: false`), so
+  without that forward pass. The comparison: `--completion-length 128 --sizes tiny mid --configs grpo grpo-vllm
+  grpo-vllm-no-is`.
 
 Step time is measured from one step's end to the next, so it includes the collator's work for that step; the first
 `--warmup` steps are dropped and the median of the rest is shown. Tokens are the batch's attention-mask sum (SFT)
@@ -60,7 +62,7 @@ sys.path.insert(0, str(REPO))
 SFT_RECIPE = REPO / "train" / "recipes" / "sft_tiny_cpu.yaml"
 GRPO_RECIPE = REPO / "train" / "recipes" / "grpo_tiny_cpu.yaml"
 # The trainer first: the loop replays its batches.
-CONFIGS = ("sft-trainer", "sft-trainer-fp32", "sft-plain", "grpo", "grpo-vllm")
+CONFIGS = ("sft-trainer", "sft-trainer-fp32", "sft-plain", "grpo", "grpo-vllm", "grpo-vllm-no-is")
 RESULT = "TRAIN_STEP_RESULT "
 
 
@@ -257,6 +259,9 @@ def run_grpo(model: Path, data: Path, out: Path, steps: int, completion_length: 
     # Patched on the class inside this subprocess only: the trainer's own code runs, timed.
     EmoReasonGRPOTrainer._tokenize_prompts = timed("prompt media", EmoReasonGRPOTrainer._tokenize_prompts)
     EmoReasonGRPOTrainer._generate_single_turn = timed("generate", EmoReasonGRPOTrainer._generate_single_turn)
+    from train.rollouts import VLLMRollouts
+
+    VLLMRollouts.sync = timed("sync", VLLMRollouts.sync)
     argv = _recipe_argv(GRPO_RECIPE, model, data, out, steps) + ["--max_completion_length", str(completion_length)]
     recipe = parse_recipe(GRPORecipe, [*argv, *extra])
     trainer, processor, _, _ = build_trainer(recipe)
@@ -269,6 +274,7 @@ def run_grpo(model: Path, data: Path, out: Path, steps: int, completion_length: 
         "cpu": clock.cpu,
         "prompt media": clock.parts.get("prompt media", []),
         "generate": clock.parts.get("generate", []),
+        "sync": clock.parts.get("sync", []),
         "generated_tokens": generated[: len(clock.steps)],
         "rss_before_mib": before,
         "peak_rss_mib": _status_mib("VmHWM"),
@@ -296,8 +302,10 @@ def run_one(args) -> int:
     elif args.one == "grpo":
         result = run_grpo(Path(args.model), Path(args.data), out, args.steps, args.completion_length)
     else:
-        result = run_grpo(Path(args.model), Path(args.data), out, args.steps, args.completion_length,
-                          ["--use_vllm", "true"])  # fmt: skip
+        extra = ["--use_vllm", "true"]
+        if args.one == "grpo-vllm-no-is":
+            extra += ["--vllm_importance_sampling_correction", "false"]
+        result = run_grpo(Path(args.model), Path(args.data), out, args.steps, args.completion_length, extra)
     print(RESULT + json.dumps(result), flush=True)
     return 0
 
@@ -375,14 +383,19 @@ def sft_table(results: dict, warmup: int) -> list[str]:
     return lines
 
 
-GRPO_BACKENDS = {"grpo": "transformers generate", "grpo-vllm": "vLLM (use_vllm)"}
+GRPO_BACKENDS = {
+    "grpo": "transformers generate",
+    "grpo-vllm": "vLLM (use_vllm)",
+    "grpo-vllm-no-is": "vLLM, no IS correction",
+}
 
 
 def grpo_table(results: dict, warmup: int) -> list[str]:
     lines = [
         "| size | generation | precision | s / step | cpu s / step | prompt media s | generation s (share) "
-        "| update s (share) | completion tokens / step | generated tokens / s | peak RSS MiB | + train MiB |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| of which adapter sync s | update s (share) | completion tokens / step | generated tokens / s "
+        "| peak RSS MiB | + train MiB |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     ratios = []
     for size, by_config in results.items():
@@ -399,19 +412,23 @@ def grpo_table(results: dict, warmup: int) -> list[str]:
             update = [s - m - g for s, m, g in zip(r["seconds"], r["prompt media"], r["generate"], strict=True)]
             rate = _rate(r["generated_tokens"], r["generate"], warmup)
             measured[config] = (step, generate, rate)
+            sync = f"{_median(r['sync'], warmup):.2f}" if r.get("sync") else "-"
             lines.append(
                 f"| {size} | {backend} | {_precision(r)} | {step:.2f} | {_median(r['cpu'], warmup):.2f} | {media:.2f} "
-                f"| {generate:.2f} ({generate / step:.0%}) "
+                f"| {generate:.2f} ({generate / step:.0%}) | {sync} "
                 f"| {_median(update, warmup):.2f} ({_median(update, warmup) / step:.0%}) "
                 f"| {_median(r['generated_tokens'], warmup):.0f} "
                 f"| {rate:.0f} | {' | '.join(_memory(r))} |"
             )
-        if len(measured) == 2:
-            (s0, g0, r0), (s1, g1, r1) = measured["grpo"], measured["grpo-vllm"]
-            ratios.append(f"{size}: vLLM's step {s0 / s1:.2f}x as fast, its generation {g0 / g1:.2f}x "
-                          f"({r1:.0f} against {r0:.0f} tokens / s)")  # fmt: skip
+        if "grpo" in measured:
+            s0, g0, r0 = measured["grpo"]
+            for config in ("grpo-vllm", "grpo-vllm-no-is"):
+                if config in measured:
+                    s1, g1, r1 = measured[config]
+                    ratios.append(f"{size}, {GRPO_BACKENDS[config]}: step {s0 / s1:.2f}x as fast, generation "
+                                  f"{g0 / g1:.2f}x ({r1:.0f} against {r0:.0f} tokens / s)")  # fmt: skip
     if ratios:
-        lines += ["", "vLLM against transformers `generate` (the sync of the adapter counted in vLLM's generation): "
+        lines += ["", "Against transformers `generate` (vLLM's generation includes the adapter's sync): "
                   + "; ".join(ratios) + "."]  # fmt: skip
     return lines
 
@@ -474,7 +491,7 @@ def main(argv=None) -> int:
             model = make_tiny(tmp / size, size=size)
             results[size] = {}
             for config in (c for c in CONFIGS if c in args.configs):
-                steps = args.grpo_steps if config == "grpo" else args.steps
+                steps = args.grpo_steps if config.startswith("grpo") else args.steps
                 batches = tmp / f"batches-{size}.json"
                 print(f"{size}: {config}, {steps} steps ...", flush=True)
                 result = _subprocess(config, size, model, data, tmp, steps, args.threads,
@@ -490,7 +507,7 @@ def main(argv=None) -> int:
     print("\n".join(sft_table(results, args.warmup)))
     print()
     print(
-        f"### GRPO: one step = one prompt's 8 completions of up to {args.completion_length} tokens, then the update "
+        f"### GRPO: one step = 3 prompts x 8 completions of up to {args.completion_length} tokens, then the update "
         f"(median of steps {args.warmup + 1}-{args.grpo_steps})"
     )
     print()
