@@ -9,6 +9,8 @@ modules, and the final model folder that `emoreason analyze --model`, `serve` an
                         without the adapter, the new modules trained), processor files, adapter/ (PEFT LoRA on the
                         language model), README.md (our model card), train_report.json, served/language_model +
                         served/lora (the vLLM export); see train/final_model.py
+      rollouts/         GRPO with use_vllm only, while it runs: the language model vLLM samples from and the
+                        policy's current adapter (train/rollouts.py); removed when the run ends, reused by --resume
 
 Nothing else is written into OUTPUT_DIR: TRL's model card (README.md, at every checkpoint) is not, so a user's
 README.md there stays theirs. How the folder is claimed, resumed and taken back after an early failure:

@@ -62,7 +62,7 @@ def _checkpoints(out: Path) -> list[Path]:
     )
 
 
-RUN_ENTRIES = ("model", "runs", "README.md")  # besides checkpoint-N, the marker and leftovers of killed writes
+RUN_ENTRIES = ("model", "runs", "rollouts", "README.md")  # besides checkpoint-N, the marker and leftovers of killed writes
 
 
 def _refuse_other_output(output_dir: str) -> None:
