@@ -25,7 +25,6 @@ Here, for each generation batch:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -228,12 +227,3 @@ class VLLMRollouts:
             del llm
         if remove and self.rank == 0:
             shutil.rmtree(self.folder, ignore_errors=True)
-
-
-def adapter_digest(folder: Path) -> str:
-    """sha256 of a converted adapter's weights (what vLLM was given), for logs and tests."""
-    import hashlib
-
-    digest = hashlib.sha256((folder / "adapter_model.safetensors").read_bytes())
-    digest.update(json.dumps(json.loads((folder / "adapter_config.json").read_text())["r"]).encode())
-    return digest.hexdigest()

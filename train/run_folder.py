@@ -62,7 +62,8 @@ def _checkpoints(out: Path) -> list[Path]:
     )
 
 
-RUN_ENTRIES = ("model", "runs", "rollouts", "README.md")  # besides checkpoint-N, the marker and leftovers of killed writes
+# Besides checkpoint-N, the marker and leftovers of killed writes:
+RUN_ENTRIES = ("model", "runs", "rollouts", "README.md")
 
 
 def _refuse_other_output(output_dir: str) -> None:
