@@ -265,8 +265,9 @@ def run(args) -> int:
     from mllm.output import think_budget
 
     think_budget(args.task, "abaw_expr", args.max_new_tokens)
-    if not args.source.startswith((CAMERA_PREFIX, *STREAM_SCHEMES)) and not Path(args.source).is_file():
-        raise FileNotFoundError(f"{args.source}: no such file, camera device or stream URL")
+    with open_source(args.source) as container:  # refused in one line before anything loads or is written
+        if not container.streams.video:
+            raise ValueError(f"{args.source}: no video stream (watch reads a camera, a stream or a video file)")
     out = None
     if args.out:
         from mllm.outputs import claim_output_dir

@@ -150,3 +150,35 @@ def test_sigkill_keeps_every_printed_answer(tiny_dir, leaving_clip, tmp_path):
     proc.wait()
     kept = [json.loads(line) for line in (out / "answers.jsonl").read_text().splitlines()]
     assert kept[: len(printed)] == printed  # every answer printed is on disk, and the file parses
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["missing-file", "bad-hop", "foreign-out", "no-video"],
+)
+def test_watch_refuses_bad_input_in_one_line(case, tiny_dir, tmp_path, speech_or_tone):
+    clip = tmp_path / "clip.mp4"
+    synthetic.write_video(clip, synthetic.face_frames(10), fps=25)
+    out = tmp_path / "out"
+    extra, names = [], []
+    source = clip
+    if case == "missing-file":
+        source, names = tmp_path / "nope.mp4", ["nope.mp4", "no such file"]
+    elif case == "bad-hop":
+        extra, names = ["--hop", "0"], ["--hop", "positive"]
+    elif case == "foreign-out":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine\n")
+        names = ["out"]
+    else:
+        source = synthetic.write_audio(tmp_path / "speech.wav", speech_or_tone)
+        names = ["speech.wav", "no video"]
+    emoreason = str(Path(sys.executable).parent / "emoreason")
+    cmd = [emoreason, "watch", str(source), "--model", str(tiny_dir / "emoreason"), "--out", str(out),
+           "--no-realtime", "--dtype", "float32", *extra]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    errors = [line for line in done.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and all(n in errors[0] for n in names), done.stderr[-2000:]
+    if case == "foreign-out":
+        assert (out / "notes.txt").read_text() == "mine\n" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
