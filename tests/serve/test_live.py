@@ -3,6 +3,7 @@ latency stay bounded on a slow machine; `emoreason watch` plays a real face clip
 sees the face while it is there and not after the subject left, and a SIGKILL keeps every printed answer."""
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -182,3 +183,110 @@ def test_watch_refuses_bad_input_in_one_line(case, tiny_dir, tmp_path, speech_or
     assert len(errors) == 1 and all(n in errors[0] for n in names), done.stderr[-2000:]
     if case == "foreign-out":
         assert (out / "notes.txt").read_text() == "mine\n" and sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# /v1/live on the shared server, driven by a Python WebSocket client
+
+
+def _jpeg(rgb) -> str:
+    import base64
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=85)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_the_live_websocket_answers_a_streamed_clip_and_refuses_bad_events(server):
+    import base64
+
+    import websockets
+
+    url = server["url"].replace("http://", "ws://") + "/v1/live"
+    auth = {"Authorization": f"Bearer {server['key']}"}
+    fps = 5
+    frames = synthetic.face_frames(5 * fps)
+    speech = synthetic.speech_or_tone("I am not sure how I feel about this, maybe it is fine.", 5.0)
+    pcm = (np.clip(speech, -1, 1) * 32767).astype("<i2")
+
+    async def talk() -> tuple[list[dict], list[dict]]:
+        answers, errors = [], []
+        async with websockets.connect(url, additional_headers=auth, max_size=None) as ws:
+            created = json.loads(await ws.recv())
+            assert created["type"] == "session.created" and created["session"]["task"] == "expr"
+            await ws.send(json.dumps({"type": "session.update", "session": {"window_s": 2, "hop_s": 1}}))
+            assert json.loads(await ws.recv())["type"] == "session.updated"
+            bad = [
+                {"type": "input_video_frame.append", "timestamp_s": 0.0, "image": "not base64!"},
+                {"type": "input_video_frame.append", "timestamp_s": -1, "image": _jpeg(frames[0])},
+                {
+                    "type": "input_video_frame.append",
+                    "timestamp_s": 0.0,
+                    "image": _jpeg(np.zeros((1200, 1800, 3), np.uint8)),
+                },  # over the pixel limit  # fmt: skip
+                {"type": "conversation.item.create"},
+                {"type": "session.update", "session": {"model": "gpt-9"}},
+            ]
+            for event in bad:
+                await ws.send(json.dumps(event))
+                reply = json.loads(await ws.recv())
+                assert reply["type"] == "error", reply
+                errors.append(reply["error"])
+            for i, rgb in enumerate(frames):
+                t = i / fps
+                await ws.send(
+                    json.dumps(
+                        {
+                            "type": "input_audio_buffer.append",
+                            "timestamp_s": t,
+                            "audio": base64.b64encode(pcm[i * 3200 : (i + 1) * 3200].tobytes()).decode(),
+                        }
+                    )
+                )
+                await ws.send(json.dumps({"type": "input_video_frame.append", "timestamp_s": t, "image": _jpeg(rgb)}))
+                await asyncio.sleep(1 / fps)
+            deadline = time.time() + 120
+            while len(answers) < 2 and time.time() < deadline:
+                try:
+                    event = json.loads(await asyncio.wait_for(ws.recv(), timeout=5))
+                except TimeoutError:
+                    continue
+                if event["type"] == "response.done":
+                    answers.append(event["response"])
+        return answers, errors
+
+    answers, errors = asyncio.run(talk())
+    assert [e["code"] for e in errors] == ["invalid_event"] * 5
+    assert "base64" in errors[0]["message"] and "timestamp_s" in errors[1]["message"]
+    assert "pixels" in errors[2]["message"] and "unknown event type" in errors[3]["message"]
+    assert "gpt-9" in errors[4]["message"]
+    assert len(answers) >= 2, answers
+    for a in answers:
+        assert a["ok"] and a["fields"]["label"] and a["face_seen"] and a["end_s"] - a["start_s"] == pytest.approx(2)
+
+    async def refused(headers: dict) -> int:
+        try:
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                await ws.recv()
+        except websockets.exceptions.ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else -1
+        except websockets.exceptions.InvalidStatus as exc:
+            return exc.response.status_code
+        return 0
+
+    assert asyncio.run(refused({"Authorization": "Bearer wrong"})) in (1008, 403)
+
+    async def too_many() -> int:
+        async with contextlib.AsyncExitStack() as stack:
+            for _ in range(4):  # the server's limit
+                ws = await stack.enter_async_context(websockets.connect(url, additional_headers=auth))
+                await ws.recv()
+            return await refused(auth)
+
+    assert asyncio.run(too_many()) in (1013, 403)
+    import httpx
+
+    assert httpx.get(server["url"] + "/health", timeout=10).json()["status"] == "ok"  # still serving
