@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, str] = {
     "train": "train.cli",
     "serve": "serve.api",
     "analyze": "serve.analyze",
+    "watch": "serve.watch",
     "demo": "serve.demo",
     "eval": "eval.cli",
 }

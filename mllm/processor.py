@@ -349,7 +349,7 @@ class EmoReasonProcessor:
             num_frames=limits.frames,
             start_s=start_s,
             end_s=end,
-            settings=self._tracker_settings(),
+            settings=self.tracker_settings(),
             video=clip,
             cache=self.face_cache,
         )
@@ -372,7 +372,7 @@ class EmoReasonProcessor:
         sampling arguments cannot express given times, so the cache key is made here)."""
         from mllm.face import FaceCache, FaceTrack, content_hash, video_face_track
 
-        settings = self._tracker_settings()
+        settings = self.tracker_settings()
         if not self.face_cache:
             return video_face_track(source, settings=settings, video=clip, cache=False)
         store = self.face_cache if isinstance(self.face_cache, FaceCache) else FaceCache()
@@ -385,7 +385,8 @@ class EmoReasonProcessor:
         store.put(key, track.to_arrays())
         return track
 
-    def _tracker_settings(self):
+    def tracker_settings(self):
+        """The face tracker's settings for this processor's detector (live sessions track with them too)."""
         from dataclasses import replace
 
         from mllm.face import TrackerSettings
@@ -597,6 +598,27 @@ class EmoReasonProcessor:
             for name in ("pixel_values", "landmarks", "has_face", "audio"):
                 getattr(all_media, name).extend(getattr(media, name))
         return self._collate(ids, labels if return_labels else None, all_media, padding_side)
+
+    def window(self, frames: list, audio: np.ndarray | None, question: str, limits: dict | None = None) -> dict:
+        """One window of a live stream as one user turn, batched as `__call__` batches a conversation: `frames` are
+        (seconds since the window began, RGB array, 68 landmarks or None), of which `limits["frames"]` are spread
+        over the window as a video part's are, then the window's audio (16 kHz mono, when long enough for the
+        audio encoder), then `question`. The landmarks come from the caller's own tracking (a live session follows
+        the face from frame to frame instead of detecting it afresh in every window)."""
+        request = self._request_limits(limits)
+        if not frames:
+            refuse("a live window needs at least one frame")
+        media, lines = _Media(), []
+        for k, i in enumerate(spread_positions(len(frames), request.frames)):
+            t, rgb, points = frames[i]
+            lines.append(f"Frame {k + 1} at {t:.1f}s: {self._add_frame(media, image_from_array(rgb), points)}")
+        if audio is not None and len(audio) >= self.min_audio_samples:
+            samples = audio_from_array(np.asarray(audio, dtype=np.float32))
+            lines.append("Audio: " + self._add_audio(media, samples, "<live>", request.seconds))
+        lines.append(checked_text(question))
+        text = self._render([{"role": "user", "content": "\n".join(lines)}], True)
+        ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self._collate([ids], None, media, "left")
 
     def _tokenise_with_labels(self, rendered: list[dict]) -> tuple[list[int], list[int]]:
         tok = lambda text: self.tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731

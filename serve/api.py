@@ -255,6 +255,9 @@ def create_app(engine: Engine, policy: Policy | None = None, start_engine: bool 
 
     app = FastAPI(title="EmoReason", lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.policy, app.state.counters = engine, metrics, policy, state
+    from serve.live_api import add_live_route
+
+    add_live_route(app, engine, policy)  # /v1/live: a WebSocket of frames and audio in, an answer every hop out
 
     def refuse(status: int, message: str, code=None, param=None) -> JSONResponse:
         metrics.requests.labels(status=str(status)).inc()

@@ -393,6 +393,16 @@ class Engine:
         finally:
             stop.set()  # finished, failed or given up: a render still running stops at its next part or frame
 
+    async def embed_rendered(self, rows: dict, model: str | None = None) -> Prompt:
+        """The prompt of one conversation the caller rendered itself (`EmoReasonProcessor.window`: a live
+        session's frames, with the landmarks its own tracking found), batched with the other requests' encoding."""
+        if self._wake is None:
+            raise RuntimeError("the engine is not started: await engine.start() first")
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((self._served(model).encoder, rows, future))
+        self._wake.set()
+        return await future
+
     def encode_now(self, conversations: list[list[dict]], model: str | None = None, limits: dict | None = None):
         """Each conversation's `Prompt`, or the `RequestError` refusing it, computed in the calling thread
         in batches (no started engine needed): a one-shot caller checks every input before vLLM starts."""
@@ -522,6 +532,10 @@ class Engine:
     def vocab_size(self) -> int:
         """Token ids a request may name (logit_bias): the served language model's vocabulary."""
         return len(self.processor.tokenizer)
+
+    def served_label_space(self, model: str | None = None) -> str:
+        """The expression label space the served `model`'s answers are constrained to."""
+        return self._served(model).label_space
 
     def served_name(self, model: str | None) -> str:
         """The served name a request's `model` picks (the main model when none is named)."""

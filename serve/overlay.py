@@ -32,7 +32,7 @@ def frames_used(processor, media: str | Path, limits: dict | None = None, tile_w
         media,
         num_frames=request.frames,
         end_s=request.seconds,
-        settings=processor._tracker_settings(),
+        settings=processor.tracker_settings(),
         video=clip,
         cache=processor.face_cache,
     )

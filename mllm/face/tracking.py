@@ -375,6 +375,21 @@ class SubjectTracker:
         self._set(box, points)
         self._roll = geometry.effective_roll(points)
 
+    def rows_since(self, start_s: float) -> list[tuple[float, np.ndarray | None, np.ndarray | None]]:
+        """The (timestamp, box, landmarks) of each frame from `start_s` on, as tracked so far (a frame held while the
+        subject was lost may still be filled in later, when the face is found again and followed back)."""
+        return [row for row in self._rows if row[0] >= start_s - 1e-9]
+
+    def forget_before(self, start_s: float) -> None:
+        """Drop the rows of frames before `start_s` (a live session keeps only its window): the tracker's state and
+        the frames it may still follow back through are kept, so tracking goes on as if nothing was dropped."""
+        old = sum(1 for row in self._rows if row[0] < start_s - 1e-9)
+        if self._skipped:
+            old = min(old, self._skipped[0][0])
+        if old:
+            del self._rows[:old]
+            self._skipped = [(row - old, rgb) for row, rgb in self._skipped]
+
     def finish(self) -> FaceTrack:
         track = FaceTrack.empty([r[0] for r in self._rows], self._frame_size or (0, 0))
         for i, (_, box, points) in enumerate(self._rows):
