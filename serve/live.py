@@ -112,13 +112,20 @@ class LiveSession:
         with self._lock:
             self.tracker.update(rgb, float(t))
             self._frames.append((float(t), rgb, self.clock()))
-            self._forget(float(t))
+            self._forget(float(t))  # the stream's clock is the frames': audio is trimmed by it too
 
     def add_audio(self, t: float, samples: np.ndarray) -> None:
         """Audio samples (16 kHz mono float) starting at `t` seconds of the stream."""
         with self._lock:
             self._audio.append((float(t), np.asarray(samples, dtype=np.float32)))
-            self._forget(float(t) + len(samples) / AUDIO_SAMPLE_RATE)
+            # Audio may run ahead of the frames (a container interleaves them loosely): it is trimmed by its own
+            # clock only past a window and a margin, and never trims frames.
+            end = float(t) + len(samples) / AUDIO_SAMPLE_RATE
+            while (
+                self._audio
+                and self._audio[0][0] + len(self._audio[0][1]) / AUDIO_SAMPLE_RATE < end - 2 * self.window_s
+            ):
+                self._audio.popleft()
 
     def _forget(self, now_s: float) -> None:
         start = now_s - self.window_s
