@@ -152,3 +152,89 @@ def timelines_picture(videos: list[tuple[str, np.ndarray, np.ndarray, np.ndarray
             draw.rectangle([x0, y, x0 + 12, y + 12], fill=CLASS_COLOURS[k % len(CLASS_COLOURS)])
             _text(draw, (x0 + 16, y), label[:12])
     return image
+
+
+LIVE_CLASS_FIELDS = {"expr": "label", "ah": "ambivalence_hesitancy"}  # the field of a class answer, per task
+
+
+def live_timeline_picture(answers: list[dict], task: str, labels: list[str], hop_s: float = 1.0,
+                          span_s: float | None = None, now_s: float | None = None, width: int = 900,
+                          title: str | None = None) -> Image.Image:  # fmt: skip
+    """A live session's answers over time (`LiveAnswer.to_json()` records): each answer colours the last hop of
+    its window. Classes (expressions, A/H) as one strip, action units as a row per AU, valence/arousal as curves;
+    under them a strip of where a face was seen. Windows without an answer (skipped, failed, unparsable) stay pale.
+    `span_s`: only the last `span_s` seconds up to `now_s` (the demo's last minute); else the whole session."""
+    from mllm.labels import ABAW_AUS
+
+    ends = [float(a["end_s"]) for a in answers]
+    end = now_s if now_s is not None else max(ends, default=0.0)
+    start = end - span_s if span_s else min((float(a["start_s"]) for a in answers), default=0.0)
+    start = max(0.0, start) if not span_s else start
+    length = max(end - start, 1e-6)
+    left, right = 110, 20
+    x = lambda t: left + (min(max(t, start), end) - start) / length * width  # noqa: E731
+    rows = list(ABAW_AUS) if task == "au" else []
+    panel = 120 if task == "va" else (14 * len(rows) if rows else 40)
+    top, face_h = 34, 12
+    legend = 24 if task in ("va", "au") else 40
+    image = Image.new("RGB", (left + width + right, top + panel + 12 + face_h + 28 + legend), BACKGROUND)
+    draw = ImageDraw.Draw(image)
+    _text(draw, (10, 8), title or f"{task}: answers over time (each colours the last {hop_s:g} s of its window)")
+    draw.rectangle([left, top, left + width, top + panel], fill=(245, 245, 245), outline=GRID)
+    shown = [a for a in answers if float(a["end_s"]) > start]
+    segment = lambda a: (x(float(a["end_s"]) - hop_s), x(float(a["end_s"])))  # noqa: E731
+    answered = lambda a: a.get("ok") and not a.get("error")  # noqa: E731
+    if task == "va":
+        for row, name in enumerate(("valence", "arousal")):
+            y0, height = top + row * panel / 2 + 3, panel / 2 - 6
+            _text(draw, (left - 6, y0 + height / 2), name, fill=(90, 90, 90), anchor="rm")
+            draw.line([left, y0 + height / 2, left + width, y0 + height / 2], fill=GRID)
+            y = lambda v, y0=y0, height=height: y0 + (1 - (float(v) + 1) / 2) * height  # noqa: E731
+            points = [(x(float(a["end_s"])), y(a["fields"][name])) for a in shown
+                      if answered(a) and a["fields"].get(name) is not None]  # fmt: skip
+            if len(points) > 1:
+                draw.line(points, fill=(38, 139, 210), width=2)
+            for px, py in points:
+                draw.ellipse([px - 2, py - 2, px + 2, py + 2], fill=(38, 139, 210))
+    elif task == "au":
+        for r, au in enumerate(rows):
+            y0 = top + r * 14
+            _text(draw, (left - 6, y0 + 7), au, fill=(90, 90, 90), anchor="rm")
+            for a in shown:
+                if answered(a) and au in (a["fields"].get("aus") or []):
+                    x0, x1 = segment(a)
+                    colour = CLASS_COLOURS[r % len(CLASS_COLOURS)]
+                    draw.rectangle([x0, y0 + 2, max(x0 + 1, x1 - 1), y0 + 12], fill=colour)
+    else:
+        index = {name: i for i, name in enumerate(labels)}
+        _text(draw, (left - 6, top + panel / 2), "answer", fill=(90, 90, 90), anchor="rm")
+        for a in shown:
+            value = index.get(a["fields"].get(LIVE_CLASS_FIELDS.get(task, "label"))) if answered(a) else None
+            colour = INVALID if value is None else CLASS_COLOURS[value % len(CLASS_COLOURS)]
+            x0, x1 = segment(a)
+            draw.rectangle([x0, top + 1, max(x0 + 1, x1 - 1), top + panel - 1], fill=colour)
+    y_face = top + panel + 12
+    _text(draw, (left - 6, y_face + face_h / 2), "face", fill=(90, 90, 90), anchor="rm")
+    draw.rectangle([left, y_face, left + width, y_face + face_h], fill=(245, 245, 245), outline=GRID)
+    for a in shown:
+        x0, x1 = segment(a)
+        draw.rectangle([x0, y_face + 1, max(x0 + 1, x1 - 1), y_face + face_h - 1],
+                       fill=(60, 60, 60) if a.get("face_seen") else (225, 225, 225))  # fmt: skip
+    y_axis = y_face + face_h + 4
+    step = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600, 1e9) if length / s <= 10)
+    tick = np.ceil(start / step) * step
+    while tick <= end + 1e-9:
+        draw.line([x(tick), y_axis, x(tick), y_axis + 4], fill=INK)
+        _text(draw, (x(tick), y_axis + 6), f"{tick:g} s", fill=(90, 90, 90), anchor="ma")
+        tick += step
+    y = y_axis + 24
+    if task == "va":
+        _text(draw, (left, y), "blue: predicted; scale -1 (bottom) to 1 (top); dark face strip: a face was seen")
+    elif task == "au":
+        _text(draw, (left, y), "a filled cell: the AU was answered active; dark face strip: a face was seen")
+    else:
+        for k, label in enumerate(labels):
+            x0 = left + k * 100
+            draw.rectangle([x0, y, x0 + 12, y + 12], fill=CLASS_COLOURS[k % len(CLASS_COLOURS)])
+            _text(draw, (x0 + 16, y), label[:12])
+    return image

@@ -193,6 +193,27 @@ def write_audio(path: str | Path, samples: np.ndarray, sample_rate: int = 16_000
     return path
 
 
+def write_y4m(path: str | Path, frames: np.ndarray, fps: int = 10) -> Path:
+    """Frames as an uncompressed YUV4MPEG2 (4:2:0, BT.601 full range) clip: what Chromium's fake camera plays
+    (`--use-file-for-fake-video-capture`). Height and width must be even."""
+    n, height, width = frames.shape[:3]
+    if height % 2 or width % 2:
+        raise ValueError(f"y4m 4:2:0 needs an even height and width, got {height}x{width}")
+    path = Path(path)
+    with open(path, "wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F{int(fps)}:1 Ip A1:1 C420jpeg\n".encode())
+        for rgb in frames:
+            r, g, b = (rgb[..., c].astype(np.float32) for c in range(3))
+            y = 0.299 * r + 0.587 * g + 0.114 * b
+            u = (b - y) * 0.564 + 128
+            v = (r - y) * 0.713 + 128
+            chroma = lambda c: c.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))  # noqa: E731
+            out.write(b"FRAME\n")
+            for plane in (y, chroma(u), chroma(v)):
+                out.write(np.clip(np.round(plane), 0, 255).astype(np.uint8).tobytes())
+    return path
+
+
 def write_image(path: str | Path, rgb: np.ndarray, **save_kwargs) -> Path:
     Image.fromarray(rgb).save(path, **save_kwargs)
     return Path(path)

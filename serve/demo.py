@@ -90,9 +90,10 @@ def uploaded_file(path: str, folder: Path) -> str | None:
 
 
 def _file_references(value, found: list) -> list:
-    """Every `path` a request body names, at any depth (Gradio's FileData, or anything shaped like it)."""
+    """Every `path` a request body names, at any depth (Gradio's FileData, or anything shaped like it). A null path
+    names nothing (the camera's frames come inline, as data URLs)."""
     if isinstance(value, dict):
-        if "path" in value:
+        if value.get("path") is not None:
             found.append(value["path"])
         for item in value.values():
             _file_references(item, found)
@@ -159,10 +160,17 @@ async def _json_reply(send, status: int, message: str) -> None:
 
 
 def build_demo(
-    engine, max_tokens: int = 256, max_file_bytes: int | None = None, keep_uploads_s: int = 120, access=None
+    engine,
+    max_tokens: int = 256,
+    max_file_bytes: int | None = None,
+    keep_uploads_s: int = 120,
+    access=None,
+    live_limits=None,
+    live_sessions: dict | None = None,
 ):
     import gradio as gr
 
+    from mllm.labels import label_space
     from mllm.parts import MediaAccess
     from mllm.predict import build_messages
     from serve.engine import RequestError
@@ -218,24 +226,34 @@ def build_demo(
 
     names = engine.model_names()
     with gr.Blocks(title="EmoReason", delete_cache=(keep_uploads_s, keep_uploads_s)) as demo:
-        gr.Markdown("## EmoReason\nA video, photo or recording in; the model's reasoning and its answer out.")
-        with gr.Row():
-            with gr.Column(scale=1):
-                with gr.Tab("Video"):
-                    video = gr.Video(sources=["upload", "webcam"], label="Video", elem_id="video-input")
-                with gr.Tab("Photo"):
-                    image = gr.Image(sources=["upload", "webcam"], type="filepath", label="Photo")
-                with gr.Tab("Audio"):
-                    audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio")
-                task = gr.Radio(TASK_CHOICES, value="expr", label="Question")
-                model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
-                go = gr.Button("Analyze", variant="primary", elem_id="analyze")
-            with gr.Column(scale=2):
-                chat = gr.Chatbot(label="Conversation", elem_id="chat", height=420)
-                answer = gr.Markdown("", elem_id="answer")
-                overlay = gr.Image(label="Frames used (face box, landmarks, regions)", elem_id="overlay",
-                                   interactive=False)  # fmt: skip
-        go.click(respond, [video, image, audio, task, model, chat], [chat, answer, overlay], concurrency_limit=None)
+        gr.Markdown("## EmoReason\nA video, photo or recording in, or a live camera; the model's reasoning and its "
+                    "answer out.")  # fmt: skip
+        with gr.Tab("Analyze a file", elem_id="tab-file"):
+            with gr.Row():
+                with gr.Column(scale=1):
+                    with gr.Tab("Video"):
+                        video = gr.Video(sources=["upload", "webcam"], label="Video", elem_id="video-input")
+                    with gr.Tab("Photo"):
+                        image = gr.Image(sources=["upload", "webcam"], type="filepath", label="Photo")
+                    with gr.Tab("Audio"):
+                        audio = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Audio")
+                    task = gr.Radio(TASK_CHOICES, value="expr", label="Question")
+                    model = gr.Dropdown(names, value=names[0], label="Model", visible=len(names) > 1)
+                    go = gr.Button("Analyze", variant="primary", elem_id="analyze")
+                with gr.Column(scale=2):
+                    chat = gr.Chatbot(label="Conversation", elem_id="chat", height=420)
+                    answer = gr.Markdown("", elem_id="answer")
+                    overlay = gr.Image(label="Frames used (face box, landmarks, regions)", elem_id="overlay",
+                                       interactive=False)  # fmt: skip
+            go.click(respond, [video, image, audio, task, model, chat], [chat, answer, overlay],
+                     concurrency_limit=None)  # fmt: skip
+        with gr.Tab("Live", elem_id="tab-live"):
+            from serve.live_api import LiveLimits
+            from serve.live_demo import add_live_tab
+
+            labels_of = lambda name: label_space(engine.served_label_space(name))  # noqa: E731
+            _, end_live = add_live_tab(engine, names, labels_of, live_limits or LiveLimits(), live_sessions, folder)
+        demo.unload(end_live)
     demo.queue(default_concurrency_limit=None)
     demo.max_file_size = max_file_bytes
     return demo
@@ -266,7 +284,9 @@ def mount(app, engine, path: str, api_key: str | None, max_tokens: int, max_file
     import gradio as gr
 
     private_upload_folder()
-    demo = build_demo(engine, max_tokens=max_tokens, max_file_bytes=max_file_bytes, access=access)
+    demo = build_demo(engine, max_tokens=max_tokens, max_file_bytes=max_file_bytes, access=access,
+                      live_limits=getattr(app.state, "live_limits", None),
+                      live_sessions=getattr(app.state, "live_sessions", None))  # fmt: skip
     auth = None
     if api_key:
         auth = lambda _user, password: hmac.compare_digest(password.encode(), api_key.encode())  # noqa: E731

@@ -87,8 +87,8 @@ def add_live_route(app, engine, policy, limits: LiveLimits | None = None) -> Non
     from serve.live import LiveSession
 
     limits = limits or LiveLimits()
-    open_sessions = {"count": 0}
-    app.state.live_limits = limits
+    open_sessions = {"count": 0}  # with the demo's Live tab (serve/live_demo.py): one limit for both
+    app.state.live_limits, app.state.live_sessions = limits, open_sessions
 
     @app.websocket("/v1/live")
     async def live(socket: WebSocket):

@@ -137,7 +137,10 @@ def summary(answers: list[dict], stats, hop_s: float) -> dict:
     """Share of answered time per label (or the task's field), windows skipped and failed, latency p50 / p95."""
     from collections import Counter
 
-    labels = Counter(a["fields"].get("label", "(none)") for a in answers if a["ok"] and "label" in a["fields"])
+    from eval.pictures import LIVE_CLASS_FIELDS
+
+    name = next((f for f in LIVE_CLASS_FIELDS.values() if any(f in a["fields"] for a in answers)), "label")
+    labels = Counter(a["fields"][name] for a in answers if a["ok"] and name in a["fields"])
     answered = sum(labels.values())
     return {
         "answers": len(answers),
@@ -150,22 +153,12 @@ def summary(answers: list[dict], stats, hop_s: float) -> dict:
     }
 
 
-def timeline_picture(answers: list[dict], task: str, labels: list[str]):
-    """The session as a timeline: one strip of each window's answer (classes) or valence/arousal curves."""
-    import numpy as np
+def timeline_picture(answers: list[dict], task: str, labels: list[str], hop_s: float = 1.0):
+    """The session as a timeline: each window's answer as a strip (classes), AU rows or valence/arousal curves,
+    and where a face was seen."""
+    from eval.pictures import live_timeline_picture
 
-    from eval.pictures import timelines_picture
-
-    ends = np.array([a["end_s"] for a in answers]) if answers else np.zeros(0)
-    if task == "va":
-        pred = np.array([[a["fields"].get("valence", np.nan), a["fields"].get("arousal", np.nan)] for a in answers])
-        pred = pred if len(pred) else np.zeros((0, 2))
-        truth = np.full_like(pred, -5.0)
-    else:
-        index = {name: i for i, name in enumerate(labels)}
-        pred = np.array([index.get(a["fields"].get("label"), -1) if a["ok"] else -1 for a in answers])
-        truth = np.full_like(pred, -1)
-    return timelines_picture([("live", ends, truth, pred)], task, labels)
+    return live_timeline_picture(answers, task, labels, hop_s=hop_s)
 
 
 async def watch(args, out: Path | None) -> int:
@@ -223,7 +216,7 @@ async def watch(args, out: Path | None) -> int:
             ["absent", "present"] if args.task == "ah" else [])  # fmt: skip
         report = summary(answers, session.stats, args.hop)
         with atomic_path(out / "timeline.png") as tmp:
-            timeline_picture(answers, args.task, list(labels)).save(tmp, format="PNG")
+            timeline_picture(answers, args.task, list(labels), args.hop).save(tmp, format="PNG")
         atomic_write_text(out / "summary.json", json.dumps(report, indent=1))
     stats = session.stats
     print(f"{stats.answered} answers, {stats.skipped} windows skipped, {stats.failed} failed; latency p50 "

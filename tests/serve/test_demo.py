@@ -80,3 +80,66 @@ def test_the_demo_refuses_a_wrong_password(server, browser):
     expect(page.get_by_text("Incorrect")).to_be_visible(timeout=30_000)
     assert page.locator("#analyze").count() == 0
     page.close()
+
+
+@pytest.fixture(scope="module")
+def camera_browser(tmp_path_factory):
+    """Chromium whose fake camera plays a real face clip (5 s of the astronaut, then 5 s without anyone, looped)
+    and whose fake microphone plays speech."""
+    if CHROMIUM is None:
+        pytest.skip("no chromium on this machine (`make setup` installs Debian's package as root)")
+    from playwright.sync_api import sync_playwright
+
+    from mllm import synthetic
+
+    folder = tmp_path_factory.mktemp("fake-camera")
+    frames = synthetic.face_frames(100, size=(240, 320), absent=range(50, 100))
+    clip = synthetic.write_y4m(folder / "clip.y4m", frames, fps=10)
+    speech = synthetic.speech_or_tone("I am not sure how I feel about this, maybe it is fine.", 10.0)
+    wav = synthetic.write_audio(folder / "speech.wav", speech)
+    flags = ["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
+             f"--use-file-for-fake-video-capture={clip}", f"--use-file-for-fake-audio-capture={wav}"]  # fmt: skip
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=flags)
+        yield b
+        b.close()
+
+
+def test_the_live_tab_answers_the_camera_every_second_with_a_timeline(server, camera_browser):
+    import time
+
+    from playwright.sync_api import expect
+
+    viewport = {"width": 1400, "height": 1000}
+    context = camera_browser.new_context(permissions=["camera", "microphone"], viewport=viewport)
+    page = context.new_page()
+    _log_in(page, server["url"] + "/demo/", server["key"])
+    page.get_by_role("tab", name="Live").click()
+    page.locator("#live-camera").get_by_text("Click to Access Webcam").click()
+    page.locator("#live-camera").get_by_text("Record").click()
+    page.locator("#live-microphone").get_by_text("Record").click()
+    labels = label_space(LABEL_SPACE)
+    shown = page.locator("#live-answer")
+    answer = re.compile(r"Expression: (" + "|".join(labels) + r")\s*([\d.]+)-([\d.]+) s · (face seen|no face)")
+    expect(shown).to_contain_text(answer, timeout=180_000)
+    # The answer updates in place, about once a second: windows end later and later, and the face comes and goes
+    # with the clip (5 s of a face, 5 s without).
+    seen, deadline = {}, time.monotonic() + 90
+    while time.monotonic() < deadline and not (len(seen) >= 4 and len({m[3] for m in seen.values()}) == 2):
+        match = answer.search(shown.inner_text())
+        if match:
+            seen[float(match[3])] = match.groups()
+        time.sleep(0.25)
+    ends = sorted(seen)
+    assert len(ends) >= 4, seen
+    assert {m[3] for m in seen.values()} == {"face seen", "no face"}, seen
+    assert all(abs(b - a - round(b - a)) < 1e-6 for a, b in zip(ends, ends[1:], strict=False)), ends  # on the hop grid
+    assert all(abs(float(seen[e][1]) - (e - 2.0)) < 0.051 for e in ends), seen  # two-second windows
+    expect(page.locator("#live-reasoning")).to_contain_text("Reasoning")
+    timeline = page.locator("#live-timeline img")
+    expect(timeline).to_be_visible(timeout=30_000)
+    assert timeline.evaluate("img => img.naturalWidth") > 900
+    artifacts = Path(os.environ.get("EMOREASON_ARTIFACTS", REPO / "test-artifacts"))
+    artifacts.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(artifacts / "demo-live.png"), full_page=True)
+    context.close()

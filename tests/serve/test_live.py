@@ -290,3 +290,52 @@ def test_the_live_websocket_answers_a_streamed_clip_and_refuses_bad_events(serve
     import httpx
 
     assert httpx.get(server["url"] + "/health", timeout=10).json()["status"] == "ok"  # still serving
+
+
+def test_the_demo_live_tabs_share_the_session_limit_end_when_idle_and_restart_on_a_new_question(tiny_processor):
+    from serve.live_api import LiveLimits
+    from serve.live_demo import IDLE_S, LiveTabs
+
+    now = [0.0]
+    counter = {"count": 1}  # one /v1/live session is open
+    tabs = LiveTabs(SlowEngine(tiny_processor, 0), LiveLimits(sessions=3), counter, clock=lambda: now[0])
+    first = tabs.tab("a", "expr", None)
+    assert tabs.tab("a", "expr", None) is first and counter["count"] == 2
+    tabs.tab("b", "expr", None)
+    with pytest.raises(RuntimeError, match="at most 3 live sessions"):
+        tabs.tab("c", "expr", None)
+    assert counter["count"] == 3
+    again = tabs.tab("a", "va", None)  # a new question: a new session, the slot kept
+    assert again is not first and again.session.task == "va" and counter["count"] == 3
+    tabs.end("b")  # its browser tab closed
+    assert counter["count"] == 2 and "b" not in tabs.tabs
+    now[0] += IDLE_S + 1  # "a" stopped streaming; "c" starts and "a" is ended
+    tabs.tab("c", "expr", None)
+    assert set(tabs.tabs) == {"c"} and counter["count"] == 2
+
+
+@pytest.mark.parametrize("task", ["expr", "au", "va", "ah"])
+def test_the_live_timeline_draws_each_task_and_leaves_unanswered_time_pale(task):
+    from eval.pictures import CLASS_COLOURS, INVALID, live_timeline_picture
+
+    fields = {"expr": {"label": "Fear"}, "au": {"aus": ["AU12"]}, "va": {"valence": 0.5, "arousal": -0.5},
+              "ah": {"ambivalence_hesitancy": "present"}}[task]  # fmt: skip
+    labels = {"expr": ["Neutral", "Anger", "Disgust", "Fear"], "ah": ["absent", "present"]}.get(task, [])
+
+    def answer(end, ok=True, face=True):
+        return {"start_s": end - 2, "end_s": end, "task": task, "ok": ok, "fields": fields if ok else {},
+                "face_seen": face, "error": None}  # fmt: skip
+
+    answers = [answer(2.0), answer(3.0), answer(5.0, ok=False), answer(6.0, face=False)]
+    picture = np.asarray(live_timeline_picture(answers, task, labels, hop_s=1.0, span_s=60, now_s=60))
+    colours = {tuple(c) for c in picture.reshape(-1, 3)}
+    if task in ("expr", "ah"):
+        assert CLASS_COLOURS[labels.index(next(iter(fields.values())))] in colours and INVALID in colours
+    elif task == "au":
+        assert CLASS_COLOURS[6 % len(CLASS_COLOURS)] in colours  # AU12 is the 7th ABAW AU's row
+    else:
+        assert (38, 139, 210) in colours  # the curves
+    assert (60, 60, 60) in colours and (225, 225, 225) in colours  # face seen, and not
+    # the whole session, as `watch` draws it, and an empty one
+    assert live_timeline_picture(answers, task, labels).size[0] > 900
+    assert live_timeline_picture([], task, labels).size[0] > 900
