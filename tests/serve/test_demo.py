@@ -19,15 +19,21 @@ LABEL_SPACE = "abaw_expr"  # the tiny checkpoint's
 
 
 @pytest.fixture(scope="module")
-def browser():
+def playwright():
+    """One Playwright for the module (a second one cannot start inside the first's event loop)."""
     if CHROMIUM is None:
         pytest.skip("no chromium on this machine (`make setup` installs Debian's package as root)")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        yield b
-        b.close()
+        yield p
+
+
+@pytest.fixture(scope="module")
+def browser(playwright):
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+    yield b
+    b.close()
 
 
 def _log_in(page, url: str, password: str) -> None:
@@ -83,13 +89,9 @@ def test_the_demo_refuses_a_wrong_password(server, browser):
 
 
 @pytest.fixture(scope="module")
-def camera_browser(tmp_path_factory):
+def camera_browser(playwright, tmp_path_factory):
     """Chromium whose fake camera plays a real face clip (5 s of the astronaut, then 5 s without anyone, looped)
     and whose fake microphone plays speech."""
-    if CHROMIUM is None:
-        pytest.skip("no chromium on this machine (`make setup` installs Debian's package as root)")
-    from playwright.sync_api import sync_playwright
-
     from mllm import synthetic
 
     folder = tmp_path_factory.mktemp("fake-camera")
@@ -99,10 +101,9 @@ def camera_browser(tmp_path_factory):
     wav = synthetic.write_audio(folder / "speech.wav", speech)
     flags = ["--no-sandbox", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
              f"--use-file-for-fake-video-capture={clip}", f"--use-file-for-fake-audio-capture={wav}"]  # fmt: skip
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=flags)
-        yield b
-        b.close()
+    b = playwright.chromium.launch(executable_path=CHROMIUM, args=flags)
+    yield b
+    b.close()
 
 
 def test_the_live_tab_answers_the_camera_every_second_with_a_timeline(server, camera_browser):
@@ -124,7 +125,7 @@ def test_the_live_tab_answers_the_camera_every_second_with_a_timeline(server, ca
     expect(shown).to_contain_text(answer, timeout=180_000)
     # The answer updates in place, about once a second: windows end later and later, and the face comes and goes
     # with the clip (5 s of a face, 5 s without).
-    seen, deadline = {}, time.monotonic() + 90
+    seen, deadline = {}, time.monotonic() + 150
     while time.monotonic() < deadline and not (len(seen) >= 4 and len({m[3] for m in seen.values()}) == 2):
         match = answer.search(shown.inner_text())
         if match:
