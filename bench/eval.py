@@ -8,7 +8,9 @@ Scoring: ABAW-sized synthetic EXPR annotations (2.7 million frames over 540 vide
 runs of a few seconds as real annotations are) cut into 16-frame clips every 16 frames (the last aligned to the
 video's end, as `data build abaw` does), one answer per clip; timed: `eval.frames.map_to_frames` (votes, fill) and
 `eval.metrics.expr_f1` on its output, beside scikit-learn's `f1_score` on the same frame arrays (the metric alone:
-users today write the mapping themselves). Peak memory is the process's high-water mark during the step.
+users today write the mapping themselves), and beside the per-frame Python mapping (a dict of votes per frame) this
+project used before (`--skip-before` leaves it out). Memory: what the step added to the process's high-water mark
+over what was resident before it (the rows themselves, about 1.2 GB of Python lists here, are not counted).
 
 Inference: `emoreason eval run` over `--clips` ABAW clips of real face crops (aligned 112x112, 16 per clip, with a
 speech track), the tiny checkpoint, fp32, a fresh face cache; clips per second over the command's wall time (the
@@ -40,6 +42,21 @@ def _peak_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def _timed(step):
+    """(result, seconds, MiB the step added to the process's high-water mark over what was resident before it)."""
+    import gc
+
+    gc.collect()
+    before, started = _rss_mib(), time.perf_counter()
+    result = step()
+    return result, time.perf_counter() - started, max(0.0, _peak_mib() - before)
+
+
 def synthetic_rows(frames: int, videos: int, seed: int = 0) -> tuple[list[dict], dict]:
     """ABAW-like clips with per-frame EXPR labels, and one answer per clip (right about 60 % of the time)."""
     from mllm.labels import label_space
@@ -66,7 +83,7 @@ def synthetic_rows(frames: int, videos: int, seed: int = 0) -> tuple[list[dict],
     return rows, predictions
 
 
-def bench_scoring(frames: int, videos: int) -> list[tuple[str, float, float, str]]:
+def bench_scoring(frames: int, videos: int, with_before: bool = True) -> list[tuple[str, float, float, str]]:
     from sklearn.metrics import f1_score
 
     from eval.frames import map_to_frames
@@ -74,19 +91,27 @@ def bench_scoring(frames: int, videos: int) -> list[tuple[str, float, float, str
     from mllm.labels import label_space
 
     rows, predictions = synthetic_rows(frames, videos)
+    labels = label_space("abaw_expr")
     results = []
-    started = time.perf_counter()
-    mapped = map_to_frames(rows, predictions, "expr", label_space("abaw_expr"))
-    results.append(("map clip answers to frames (ours)", time.perf_counter() - started, _peak_mib(),
+    mapped, seconds, added = _timed(lambda: map_to_frames(rows, predictions, "expr", labels))
+    results.append(("map clip answers to frames (ours: arrays)", seconds, added,
                     f"{len(rows)} clips -> {mapped.counts['frames']} frames"))  # fmt: skip
-    started = time.perf_counter()
-    ours, scored = expr_f1(mapped.truth, mapped.pred)
-    results.append(("EXPR macro F1, eval.metrics", time.perf_counter() - started, _peak_mib(), f"{ours:.6f}"))
+    (ours, scored), seconds, added = _timed(lambda: expr_f1(mapped.truth, mapped.pred))
+    results.append(("EXPR macro F1, eval.metrics", seconds, added, f"{ours:.6f}"))
     valid = mapped.truth != -1
-    started = time.perf_counter()
-    theirs = f1_score(mapped.truth[valid], mapped.pred[valid], labels=list(range(8)), average="macro", zero_division=0)
-    results.append(("EXPR macro F1, scikit-learn", time.perf_counter() - started, _peak_mib(), f"{theirs:.6f}"))
+    step = lambda: f1_score(mapped.truth[valid], mapped.pred[valid], labels=list(range(8)), average="macro",  # noqa: E731
+                            zero_division=0)  # fmt: skip
+    theirs, seconds, added = _timed(step)
+    results.append(("EXPR macro F1, scikit-learn", seconds, added, f"{theirs:.6f}"))
     assert abs(ours - theirs) < 1e-12 and scored == int(valid.sum())
+    if with_before:  # the per-frame Python mapping this project used until it moved to arrays (the tests' oracle)
+        sys.path.insert(0, str(REPO / "tests" / "eval"))
+        from test_frames import _reference_map_to_frames
+
+        before, seconds, added = _timed(lambda: _reference_map_to_frames(rows, predictions, "expr", labels))
+        same = np.array_equal(before.pred, mapped.pred) and np.array_equal(before.truth, mapped.truth)
+        results.append(("map clip answers to frames (before: a dict per frame)", seconds, added,
+                        "same frames and predictions" if same else "DIFFERENT"))  # fmt: skip
     return results
 
 
@@ -132,10 +157,11 @@ def main(argv=None) -> int:
     parser.add_argument("--videos", type=int, default=540)
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--skip-inference", action="store_true")
+    parser.add_argument("--skip-before", action="store_true", help="not the per-frame mapping of before (34 s)")
     args = parser.parse_args(argv)
     print(f"scoring {args.frames} frames over {args.videos} videos", file=sys.stderr, flush=True)
-    scoring = bench_scoring(args.frames, args.videos)
-    print("| step | seconds | peak RSS MiB | result |")
+    scoring = bench_scoring(args.frames, args.videos, with_before=not args.skip_before)
+    print("| step | seconds | MiB added at peak | result |")
     print("| --- | ---: | ---: | --- |")
     for name, seconds, peak, note in scoring:
         print(f"| {name} | {seconds:.2f} | {peak:.0f} | {note} |")

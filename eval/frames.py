@@ -35,16 +35,6 @@ class Frames:
     counts: dict = field(default_factory=dict)
 
 
-def _truth_of(row: dict, task: str):
-    if task == "expr":
-        return row["expression_frames"]
-    if task == "au":
-        return row["au_frames"]
-    if task == "va":
-        return row["va_frames"]
-    return row["ah_frames"]
-
-
 def _vote_of(prediction: dict | None, task: str, labels: tuple[str, ...]):
     """(value, probability) a parsed prediction gives each frame of its clip, or None."""
     if prediction is None or not prediction.get("ok"):
@@ -62,99 +52,152 @@ def _vote_of(prediction: dict | None, task: str, labels: tuple[str, ...]):
     return (1 if present else 0), (probability if present else 1.0 - probability)
 
 
-def _decide(votes: list, task: str):
+TRUTH_COLUMNS = {"expr": "expression_frames", "au": "au_frames", "va": "va_frames", "ah": "ah_frames"}
+
+
+def _per_row_votes(rows, predictions: dict, task: str, labels: tuple[str, ...]):
+    """(has a vote, value, probability) per row, as arrays."""
+    n = len(rows)
+    has = np.zeros(n, bool)
+    probability = np.zeros(n, np.float64)
+    width = {"au": len(ABAW_AUS), "va": 2}.get(task)
+    value = np.zeros((n, width) if width else n, np.float64 if task == "va" else np.int64)
+    for r, row in enumerate(rows):
+        vote = _vote_of(predictions.get(row["id"]), task, labels)
+        if vote is not None:
+            has[r], value[r], probability[r] = True, vote[0], vote[1]
+    return has, value, probability
+
+
+def _group_sums(group: np.ndarray, weights: np.ndarray, groups: int) -> np.ndarray:
+    """Per group, the weights added in input order (as a Python loop would), one column at a time."""
+    if weights.ndim == 1:
+        return np.bincount(group, weights=weights, minlength=groups)
+    return np.stack([np.bincount(group, weights=weights[:, c], minlength=groups) for c in range(weights.shape[1])], 1)
+
+
+def map_to_frames(rows, predictions: dict[str, dict], task: str, labels: tuple[str, ...] = (), window: int = 1):
+    """`rows`: the dataset rows (with `id`, `subject`, `frame_indices` and the task's per-frame truth);
+    `predictions`: by id. Returns `Frames` over every annotated frame the rows cover.
+
+    Computed on arrays (one entry per (clip, frame), sorted by video and frame), never per-frame Python objects:
+    ABAW's 2.7 million frames take a few seconds and a few hundred MB (bench/eval.py)."""
+    rows = rows if isinstance(rows, list) else list(rows)
+    column = TRUTH_COLUMNS[task]
+    lengths = np.fromiter((len(r["frame_indices"]) for r in rows), np.int64, len(rows))
+    for row, n in zip(rows, lengths, strict=True):
+        if len(row[column]) != n:
+            raise ValueError(f"sample {row['id']!r}: {n} frames but {len(row[column])} labels")
+    names, codes = np.unique(np.array([r["subject"] for r in rows], dtype=object), return_inverse=True)
+    video = np.repeat(codes.astype(np.int64), lengths)
+    frame = np.fromiter(itertools.chain.from_iterable(r["frame_indices"] for r in rows), np.int64, int(lengths.sum()))
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    dtype = np.float64 if task == "va" else np.int64
+    truth_flat = itertools.chain.from_iterable(r[column] for r in rows)
+    truth = np.array(list(truth_flat), dtype) if task in ("au", "va") else np.fromiter(truth_flat, dtype, len(frame))
+    if task in ("au", "va"):
+        truth = truth.reshape(len(frame), -1)
+    order = np.lexsort((frame, video))  # stable: a frame's entries keep the rows' order
+    v_sorted, f_sorted = video[order], frame[order]
+    first = np.ones(len(order), bool)
+    first[1:] = (v_sorted[1:] != v_sorted[:-1]) | (f_sorted[1:] != f_sorted[:-1])
+    group = np.cumsum(first) - 1  # per sorted entry
+    groups = int(first.sum())
+    head = order[first]  # the first entry of each (video, frame): its truth is the frame's
+    truth_of_group = truth[head]
+    differs = truth[order] != truth_of_group[group]
+    differs = differs.any(axis=1) if differs.ndim > 1 else differs
+    if differs.any():
+        bad = int(order[differs].min())  # the first disagreement in the rows' order
+        g = int(group[np.flatnonzero(order == bad)[0]])
+        earlier, later = rows[int(row_of[head[g]])]["id"], rows[int(row_of[bad])]["id"]
+        raise ValueError(f"samples {earlier!r} and {later!r} disagree on the label of frame {frame[bad]} of "
+                         f"{names[video[bad]]}")  # fmt: skip
+    has_row, value_row, prob_row = _per_row_votes(rows, predictions, task, labels)
+    voted = has_row[row_of[order]]
+    g_votes, rows_votes = group[voted], row_of[order][voted]
+    n_votes = np.bincount(g_votes, minlength=groups)
+    has = n_votes > 0
+    probability = _group_sums(g_votes, prob_row[rows_votes], groups)
     if task in ("expr", "ah"):
-        tally: dict[int, list[float]] = {}
-        for value, probability in votes:
-            tally.setdefault(int(value), []).append(probability)
-        best = max(tally.items(), key=lambda kv: (len(kv[1]), sum(kv[1]), -kv[0]))
-        value = best[0]
-        probability = float(np.mean([p for v, p in votes if int(v) == value]))
-        if task == "ah":  # the score ranks "present": the mean probability given to present over the votes
-            probability = float(np.mean([p if int(v) == 1 else 1.0 - p for v, p in votes]))
-        return value, probability
-    stacked = np.stack([v for v, _ in votes])
-    probability = float(np.mean([p for _, p in votes]))
-    if task == "au":
-        return (stacked.mean(axis=0) >= 0.5).astype(np.int64), probability
-    return stacked.mean(axis=0), probability
+        k = len(labels) if task == "expr" else 2
+        values = value_row[rows_votes]
+        tally = np.bincount(g_votes * k + values, minlength=groups * k).reshape(groups, k)
+        sums = np.bincount(g_votes * k + values, weights=prob_row[rows_votes], minlength=groups * k)
+        sums = sums.reshape(groups, k)
+        most = tally == tally.max(axis=1, keepdims=True)
+        pred = np.argmax(np.where(most & (tally > 0), sums, -np.inf), axis=1).astype(np.int64)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            if task == "expr":  # the mean probability of the votes for the winning class
+                score = sums[np.arange(groups), pred] / tally[np.arange(groups), pred]
+            else:  # the mean probability given to "present" over the votes
+                present = np.where(values == 1, prob_row[rows_votes], 1.0 - prob_row[rows_votes])
+                score = np.bincount(g_votes, weights=present, minlength=groups) / n_votes
+    else:
+        totals = _group_sums(g_votes, value_row[rows_votes].astype(np.float64), groups)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            majority = (2 * totals >= n_votes[:, None]).astype(np.int64)  # per AU (ties: active)
+            pred = majority if task == "au" else totals / n_votes[:, None]
+            score = probability / n_votes
+    # Frames without a vote: the nearest voted frame of the same video (ties: the earlier); else the default.
+    g_video, g_frame = v_sorted[first], f_sorted[first]
+    index = np.arange(groups)
+    before = np.maximum.accumulate(np.where(has, index, -1))
+    after = np.minimum.accumulate(np.where(has, index, groups)[::-1])[::-1]
+    ok_before = (before >= 0) & (g_video[np.clip(before, 0, None)] == g_video)
+    ok_after = (after < groups) & (g_video[np.clip(after, None, groups - 1)] == g_video)
+    b, a = np.clip(before, 0, None), np.clip(after, None, groups - 1)
+    take_after = ok_after & (~ok_before | ((g_frame[a] - g_frame) < (g_frame - g_frame[b])))
+    source = np.where(take_after, a, b)
+    found = ok_before | ok_after
+    missing = ~has
+    fill = missing & found
+    pred[fill], score[fill] = pred[source[fill]], score[source[fill]]
+    none = missing & ~found  # a video with no answer at all
+    pred[none], score[none] = _default(task)[0], 0.0
+    counts = {"frames": groups, "filled": int(missing.sum()), "videos": len(names),
+              "videos_unanswered": int(len(names) - len(np.unique(g_video[has])))}  # fmt: skip
+    if window > 1:
+        pred = _smooth(pred, g_video, task, window)
+    return Frames(names[g_video].tolist(), g_frame, truth_of_group, pred.astype(dtype), score.astype(np.float64),
+                  counts)  # fmt: skip
 
 
 def _default(task: str):
     return {"expr": 0, "ah": 0, "au": np.zeros(len(ABAW_AUS), np.int64), "va": np.zeros(2)}[task], 0.0
 
 
-def map_to_frames(rows, predictions: dict[str, dict], task: str, labels: tuple[str, ...] = (), window: int = 1):
-    """`rows`: the dataset rows (with `id`, `subject`, `frame_indices` and the task's per-frame truth);
-    `predictions`: by id. Returns `Frames` over every annotated frame the rows cover."""
-    truth: dict[tuple[str, int], tuple[object, str]] = {}
-    votes: dict[tuple[str, int], list] = {}
-    for row in rows:
-        values = _truth_of(row, task)
-        if len(values) != len(row["frame_indices"]):
-            raise ValueError(f"sample {row['id']!r}: {len(row['frame_indices'])} frames but {len(values)} labels")
-        vote = _vote_of(predictions.get(row["id"]), task, labels)
-        for frame, value in zip(row["frame_indices"], values, strict=True):
-            key = (row["subject"], int(frame))
-            if key in truth and not np.array_equal(np.asarray(truth[key][0]), np.asarray(value)):
-                raise ValueError(
-                    f"samples {truth[key][1]!r} and {row['id']!r} disagree on the label of frame {frame} of {key[0]}"
-                )
-            truth.setdefault(key, (value, row["id"]))
-            votes.setdefault(key, [])
-            if vote is not None:
-                votes[key].append(vote)
-    keys = sorted(truth)
-    counts = {"frames": len(keys), "filled": 0, "videos": 0, "videos_unanswered": 0}
-    out_videos, out_frames, out_truth, out_pred, out_score = [], [], [], [], []
-    for video, group in itertools.groupby(keys, key=lambda k: k[0]):
-        video_keys = list(group)
-        decided = [_decide(votes[k], task) if votes[k] else None for k in video_keys]
-        have = np.array([i for i, d in enumerate(decided) if d is not None], dtype=np.int64)
-        counts["videos"] += 1
-        if not len(have):
-            counts["videos_unanswered"] += 1
-        numbers = np.array([k[1] for k in video_keys], dtype=np.int64)
-        for i, d in enumerate(decided):
-            if d is not None:
-                continue
-            counts["filled"] += 1
-            if not len(have):
-                decided[i] = _default(task)
-                continue
-            at = int(np.searchsorted(numbers[have], numbers[i]))  # the voted frames either side; the earlier wins ties
-            left, right = have[max(at - 1, 0)], have[min(at, len(have) - 1)]
-            nearer_right = abs(numbers[right] - numbers[i]) < abs(numbers[i] - numbers[left])
-            decided[i] = decided[right if nearer_right else left]
-        preds = [d[0] for d in decided]
-        if window > 1:
-            preds = smooth(preds, task, window)
-        for k, (p, (_, s)) in zip(video_keys, zip(preds, decided, strict=True), strict=True):
-            out_videos.append(video)
-            out_frames.append(k[1])
-            out_truth.append(truth[k][0])
-            out_pred.append(p)
-            out_score.append(s)
-    dtype = np.float64 if task == "va" else np.int64
-    return Frames(out_videos, np.asarray(out_frames, np.int64), np.asarray(out_truth, dtype),
-                  np.asarray(out_pred, dtype), np.asarray(out_score, np.float64), counts)  # fmt: skip
+def _smooth(values: np.ndarray, video: np.ndarray, task: str, window: int) -> np.ndarray:
+    """Centred smoothing within each video (`video`: its code per frame, frames sorted by video)."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"the smoothing window must be an odd number of frames, got {window}")
+    half, n = window // 2, len(values)
+    index = np.arange(n)
+    if task in ("expr", "ah"):
+        k = int(values.max()) + 1 if n else 1
+        acc = np.zeros((n, k), np.int32)
+    else:
+        acc = np.zeros(values.shape, np.float64 if task == "va" else np.int64)
+    size = np.zeros(n, np.int64)
+    for offset in range(-half, half + 1):  # in the window's order: sums add as the old per-frame loop did
+        source = index + offset
+        inside = (source >= 0) & (source < n)
+        inside[inside] &= video[source[inside]] == video[inside]
+        size += inside
+        if task in ("expr", "ah"):
+            acc[index[inside], values[source[inside]]] += 1
+        else:
+            acc[inside] += values[source[inside]]
+    if task in ("expr", "ah"):
+        return np.argmax(acc, axis=1).astype(np.int64)  # ties: the smaller class
+    if task == "au":
+        return (2 * acc >= size[:, None]).astype(np.int64)
+    return acc / size[:, None]
 
 
 def smooth(values: list, task: str, window: int) -> list:
-    """Centred smoothing over one video's frames: majority (ties: the earlier-voted value, i.e. the smaller
-    class) for classes, per-AU majority, moving average for valence/arousal."""
-    if window < 1 or window % 2 == 0:
-        raise ValueError(f"the smoothing window must be an odd number of frames, got {window}")
-    half = window // 2
+    """Centred smoothing over one video's frames: majority (ties: the smaller class) for classes, per-AU majority,
+    moving average for valence/arousal."""
     array = np.asarray(values)
-    out = []
-    for i in range(len(array)):
-        part = array[max(0, i - half) : i + half + 1]
-        if task in ("expr", "ah"):
-            classes, counts = np.unique(part, return_counts=True)
-            out.append(int(classes[np.argmax(counts)]))
-        elif task == "au":
-            out.append((part.mean(axis=0) >= 0.5).astype(np.int64))
-        else:
-            out.append(part.mean(axis=0))
-    return out
+    out = _smooth(array, np.zeros(len(array), np.int64), task, window)
+    return [int(v) for v in out] if task in ("expr", "ah") else list(out)
