@@ -1,4 +1,5 @@
-"""`emoreason data build DATASET --root DIR --out DIR` and `emoreason data inspect DIR`."""
+"""`emoreason data build DATASET --root DIR --out DIR`, `emoreason data faces DIR --model DIR` and
+`emoreason data inspect DIR`."""
 
 from __future__ import annotations
 
@@ -44,6 +45,9 @@ def add_arguments(parser) -> None:
         action="store_true",
         help="build even when a video or image is in two splits of one protocol (leakage; counted and listed)",
     )
+    from data_builders.faces import add_arguments as add_faces_arguments
+
+    add_faces_arguments(sub)
     inspect = sub.add_parser("inspect", help="print samples of a built dataset")
     inspect.add_argument("path")
     inspect.add_argument("--split", default=None)
@@ -267,4 +271,8 @@ def _shortened(text: str, limit: int) -> str:
 
 
 def run(args) -> int:
+    if args.data_command == "faces":
+        from data_builders.faces import run as faces
+
+        return faces(args)
     return build(args) if args.data_command == "build" else inspect(args)
