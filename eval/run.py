@@ -107,7 +107,7 @@ def parse_shard(text: str | None) -> tuple[int, int]:
 
 
 def run_settings(args) -> dict:
-    from mllm.export import resolve_checkpoint
+    from mllm.checkpoints import resolve_checkpoint
 
     shard = parse_shard(args.shard)
     return {
@@ -156,8 +156,8 @@ def check_same_run(out: Path, settings: dict) -> None:
 def rows_and_predictions(folder, settings: dict, what: str = "score", loaded=None):
     """A run's dataset rows, label space and checked predictions (every id one of the rows'); a run without any
     prediction is refused: there is nothing to `what`. `loaded`: the (rows, label space) of the same settings."""
+    from data_builders.read import dataset_label_space, load_split
     from mllm.labels import label_space
-    from train.data import dataset_label_space, load_split
 
     rows, space = loaded or (
         load_split(settings["data"], settings["split"], [settings["task"]], settings.get("max_samples"), seed=0),
@@ -198,8 +198,8 @@ def answer_logprob(pieces: list[tuple[str, list[float] | None]]) -> float | None
 async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens: int, appender, concurrency: int,
                       progress=None) -> int:  # fmt: skip
     """Answer `rows` with at most `concurrency` requests in flight, appending each answer as it comes."""
+    from data_builders.read import conversation
     from serve.engine import RequestError
-    from train.data import conversation
 
     pending = iter(rows)
     done = 0
@@ -248,8 +248,8 @@ async def answer_rows(engine, rows, task: str, model: str | None, max_new_tokens
 
 def _check_label_space(args) -> None:
     """An expression model answers in its own label space; scoring it against another dataset's is refused."""
-    from mllm.export import resolve_checkpoint
-    from train.data import dataset_label_space
+    from data_builders.read import dataset_label_space
+    from mllm.checkpoints import resolve_checkpoint
 
     if args.task != "expr":
         return
@@ -286,11 +286,11 @@ def check_counts(args) -> None:
 
 
 def run(args) -> int:
+    from data_builders.read import dataset_label_space, load_split
     from eval.files import dataset_splits
     from mllm.labels import label_space
     from mllm.output import think_budget
     from mllm.outputs import claim_output_dir
-    from train.data import dataset_label_space, load_split
 
     check_counts(args)
     dataset_splits(args.data)
@@ -335,7 +335,7 @@ def _answer(args, todo) -> None:
     from tqdm import tqdm
 
     from mllm.predict import stdout_to_stderr
-    from serve.engine import Engine
+    from serve.engine import Engine, parallel_arguments
     from serve.startup import StartupLog
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -345,7 +345,7 @@ def _answer(args, todo) -> None:
     log = StartupLog("eval run", verbose=args.verbose or getattr(args, "verbose_top", False)).start()
     with stdout_to_stderr():
         engine = Engine(args.model, adapters, dtype=args.dtype, enforce_eager=args.enforce_eager or None,
-                        max_model_len=args.max_model_len, status=log.phase)  # fmt: skip
+                        max_model_len=args.max_model_len, status=log.phase, **parallel_arguments(args))  # fmt: skip
     appender = Appender(out / PREDICTIONS)
 
     async def main():
@@ -387,3 +387,6 @@ def add_arguments(parser) -> None:
     parser.add_argument("--enforce-eager", action="store_true", help="no compiled graphs (fast start)")
     parser.add_argument("--max-model-len", type=int, default=4096, metavar="N",
                         help="vLLM's context length in tokens, prompt and answer together")  # fmt: skip
+    from serve.engine import add_parallel_arguments
+
+    add_parallel_arguments(parser)

@@ -38,7 +38,7 @@ def _engine_answers(args, media: list[str]) -> tuple[list[str], str]:
     """Completions through the serving engine; bad media are refused before vLLM starts. One status line per phase
     on stderr; the libraries' output in a log file (`serve.startup`), or on stderr with --verbose."""
     from mllm.predict import build_messages, stdout_to_stderr
-    from serve.engine import Engine
+    from serve.engine import Engine, parallel_arguments
     from serve.startup import StartupLog
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
@@ -47,7 +47,7 @@ def _engine_answers(args, media: list[str]) -> tuple[list[str], str]:
     with StartupLog("analyze", verbose=verbose) as log, stdout_to_stderr():
         # One request: compiling graphs (about a minute on CPU) would cost more than it saves, unless asked for.
         engine = Engine(args.model, dtype=args.dtype, enforce_eager=not args.compile, max_model_len=args.max_model_len,
-                        status=log.phase)  # fmt: skip
+                        status=log.phase, **parallel_arguments(args))  # fmt: skip
         conversations = [build_messages(m, args.task, engine.label_space) for m in media]
         log.phase(f"reading {len(media)} file(s): faces tracked, media encoded")
         embeds = engine.encode_now(conversations)
@@ -92,7 +92,7 @@ def analyze(args) -> list[dict]:
 
 
 def _write_overlays(args, out: Path, media: list[str]) -> list[Path]:
-    from mllm.export import resolve_checkpoint
+    from mllm.checkpoints import resolve_checkpoint
     from mllm.outputs import atomic_path
     from mllm.processor import EmoReasonProcessor
     from serve.overlay import frames_used
@@ -148,6 +148,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default=None, help="vLLM dtype (default: as `serve`)")
     parser.add_argument("--compile", action="store_true", help="compiled graphs (slower start; for many files)")
     parser.add_argument("--max-model-len", type=int, default=4096)
+    from serve.engine import add_parallel_arguments
+
+    add_parallel_arguments(parser)
 
 
 def run(args) -> int:
@@ -156,6 +159,9 @@ def run(args) -> int:
     from mllm.output import think_budget
 
     think_budget(args.task, "abaw_expr", args.max_new_tokens)  # the longest label space's room: refused at once
+    if args.engine == "transformers" and (args.tensor_parallel_size != 1 or args.data_parallel_size != 1):
+        raise ValueError("--tensor-parallel-size / --data-parallel-size split vLLM's model: not with --engine "
+                         "transformers")  # fmt: skip
     overlay = None
     if args.overlay:  # claimed before any work: a folder of other files is refused at once
         from mllm.outputs import claim_output_dir

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serve.engine import Engine, RequestError
+from serve.errors import error_body
 
 logger = logging.getLogger("emoreason.serve")
 
@@ -81,10 +82,6 @@ HONOURED_FIELDS = frozenset({
     "response_format", "parallel_tool_calls", "task", "media_limits",
 })  # fmt: skip
 MAX_TOP_LOGPROBS = 20  # OpenAI's bound
-
-
-def error_body(message: str, code: str | None = None, param: str | None = None, kind: str = "invalid_request_error"):
-    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
 
 
 class HTTPRefusal(Exception):
@@ -585,9 +582,14 @@ def add_engine_arguments(parser) -> None:
     parser.add_argument("--enforce-eager", action="store_true", help="no compiled graphs (fast start, slow serving)")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-num-seqs", type=int, default=64, help="sequences vLLM runs at once")
+    from serve.engine import add_parallel_arguments
+
+    add_parallel_arguments(parser)
 
 
 def engine_from_args(args, status=None) -> Engine:
+    from serve.engine import parallel_arguments
+
     adapters = {}
     for item in args.adapter:
         name, sep, path = item.partition("=")
@@ -603,7 +605,8 @@ def engine_from_args(args, status=None) -> Engine:
             face_cache = FaceCache(Path(args.face_cache) / "faces", max_bytes=int(args.face_cache_mb * 1024 * 1024))
     return Engine(args.model, adapters, dtype=args.dtype, enforce_eager=args.enforce_eager or None,
                   max_model_len=args.max_model_len, max_num_seqs=args.max_num_seqs,
-                  face_cache=face_cache, status=status, name=getattr(args, "served_model_name", None))  # fmt: skip
+                  face_cache=face_cache, status=status, name=getattr(args, "served_model_name", None),
+                  **parallel_arguments(args))  # fmt: skip
 
 
 def add_arguments(parser, port: int = 8000) -> None:

@@ -178,6 +178,43 @@ def served_name(model_dir: str | Path) -> str:
     return folder.parent.name if folder.name == "model" and folder.parent.name else folder.name
 
 
+def add_parallel_arguments(parser) -> None:
+    """`--tensor-parallel-size` and `--data-parallel-size`, for every command that starts the engine."""
+    parser.add_argument("--tensor-parallel-size", type=int, default=1, metavar="N",
+                        help="split the language model over N GPUs (vLLM's tensor parallelism; on CPU, over N groups "
+                             "of cores; default 1)")  # fmt: skip
+    copies = "N copies of the model on their own GPUs (vLLM's data parallelism; GPU only; default 1)"
+    parser.add_argument("--data-parallel-size", type=int, default=1, metavar="N", help=copies)
+
+
+def parallel_arguments(args) -> dict:
+    return {"tensor_parallel_size": getattr(args, "tensor_parallel_size", 1),
+            "data_parallel_size": getattr(args, "data_parallel_size", 1)}  # fmt: skip
+
+
+def check_parallel(tensor: int, data: int, cpu: bool) -> dict:
+    """vLLM's parallel settings, checked before anything loads. The encoders (vision, audio, face attention) stay on
+    the first device; vLLM splits the language model. On CPU, tensor parallelism runs one vLLM worker per group of
+    cores: unless the operator set `VLLM_CPU_OMP_THREADS_BIND`, the cores this process may use are split into
+    `tensor` equal groups (vLLM's own binding wants a NUMA node per worker, which small machines lack)."""
+    for flag, value in (("--tensor-parallel-size", tensor), ("--data-parallel-size", data)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{flag}: a whole number of at least 1, got {value!r}")
+    if cpu and data > 1:
+        raise ValueError("--data-parallel-size: GPU only here (vLLM's CPU data parallelism was not tried in this "
+                         "project); on CPU use --tensor-parallel-size, or run one server per machine")  # fmt: skip
+    if cpu and tensor > 1:
+        cores = sorted(os.sched_getaffinity(0))
+        if tensor > len(cores):
+            raise ValueError(f"--tensor-parallel-size {tensor}: this process may use {len(cores)} cores; on CPU each "
+                             "part needs at least one")  # fmt: skip
+        if not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+            size = len(cores) // tensor
+            groups = [cores[i * size : (i + 1) * size] for i in range(tensor)]
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, g)) for g in groups)
+    return {"tensor_parallel_size": tensor, "data_parallel_size": data}
+
+
 class Engine:
     """Encoders here, the language model in vLLM. Construct (loads and exports; seconds to minutes), `await
     start()` (starts vLLM), then `stream` / `complete` from any number of concurrent tasks on one event loop."""
@@ -199,8 +236,11 @@ class Engine:
         face_cache: bool = True,
         status=None,
         max_mm_items: int = 64,
+        tensor_parallel_size: int = 1,
+        data_parallel_size: int = 1,
     ):
-        from mllm.export import check_checkpoint, check_servable, load_model, resolve_checkpoint, served_model
+        from mllm.checkpoints import check_checkpoint, resolve_checkpoint
+        from mllm.export import check_servable, load_model, served_model
         from mllm.processor import EmoReasonProcessor
 
         self.status = status or (lambda text: None)  # one line per start-up phase (serve.startup.StartupLog.phase)
@@ -226,6 +266,7 @@ class Engine:
         self.enforce_eager = bool(enforce_eager) if enforce_eager is not None else False
         self.max_num_seqs = max_num_seqs
         self.max_mm_items = max_mm_items
+        self.parallel = check_parallel(tensor_parallel_size, data_parallel_size, cpu)
         if cpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gib or 2))
             if (os.cpu_count() or 1) <= 4:
@@ -280,7 +321,7 @@ class Engine:
         )
 
         if (path / "config.json").is_file():  # a trained EmoReason folder: its own new modules and LoRA
-            from mllm.export import check_checkpoint
+            from mllm.checkpoints import check_checkpoint
 
             check_checkpoint(path)
             other = load_model(path, adapter="ignore").eval()
@@ -331,6 +372,7 @@ class Engine:
             max_model_len=self.max_model_len,
             max_num_seqs=self.max_num_seqs,
             seed=self.seed,
+            **self.parallel,
             **lora,
         )
         mode = "without compiled graphs" if self.enforce_eager else "compiling its graphs: a minute or more on CPU"

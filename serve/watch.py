@@ -164,14 +164,14 @@ def timeline_picture(answers: list[dict], task: str, labels: list[str], hop_s: f
 async def watch(args, out: Path | None) -> int:
     from mllm.labels import label_space
     from mllm.outputs import atomic_path, atomic_write_text
-    from serve.engine import Engine
+    from serve.engine import Engine, parallel_arguments
     from serve.live import LiveSession
     from serve.startup import StartupLog
 
     verbose = args.verbose or getattr(args, "verbose_top", False)
     with StartupLog("watch", verbose=verbose) as log:
         engine = Engine(args.model, dtype=args.dtype, enforce_eager=not args.compile,
-                        max_model_len=args.max_model_len, status=log.phase)  # fmt: skip
+                        max_model_len=args.max_model_len, status=log.phase, **parallel_arguments(args))  # fmt: skip
         await engine.start()
     session = LiveSession(engine, task=args.task, window_s=args.window, hop_s=args.hop,
                           max_tokens=args.max_new_tokens)  # fmt: skip
@@ -244,6 +244,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--dtype", default=None, help="vLLM dtype (default: as `serve`)")
     parser.add_argument("--compile", action="store_true", help="compiled graphs (slower start, faster answers)")
     parser.add_argument("--max-model-len", type=int, default=4096)
+    from serve.engine import add_parallel_arguments
+
+    add_parallel_arguments(parser)
 
 
 def run(args) -> int:
