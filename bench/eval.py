@@ -117,10 +117,10 @@ def bench_scoring(frames: int, videos: int, with_before: bool = True) -> list[tu
 
 def bench_inference(clips: int, work: Path) -> dict:
     """`emoreason eval run` over `clips` clips of an ABAW tree of real face crops."""
-    from mllm import synthetic
     from mllm.cli import main as emoreason
     from mllm.face import DetectorSettings, FaceDetector, align_face
-    from mllm.tiny import make_tiny
+    from mllm.samples import synthetic
+    from mllm.samples.tiny import make_tiny
 
     model = make_tiny(work / "tiny")
     detector = FaceDetector(DetectorSettings(min_face_fraction=0.0))

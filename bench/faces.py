@@ -40,7 +40,8 @@ def dfew_dataset(work: Path, clips: int, seconds: float) -> Path:
         rows = "".join(f"{int(n)},{1 + i % 7}\n" for i, n in enumerate(names))
         (split / "train(single-labeled)" / f"set_{fold}.csv").write_text("video_name,label\n" + rows)
         (split / "test(single-labeled)" / f"set_{fold}.csv").write_text("video_name,label\n")
-    if emoreason(["data", "build", "dfew", "--root", str(root), "--out", str(work / "data"), "--split", "fold1_train"]):
+    build = ["data", "build", "dfew", "--root", str(root), "--out", str(work / "data"), "--split", "fold1_train"]
+    if emoreason(build):
         raise SystemExit("data build failed")
     return work / "data"
 

@@ -71,7 +71,7 @@ class ClipSession:
 
         import numpy as np
 
-        from mllm import synthetic
+        from mllm.samples import synthetic
 
         with self.lock:
             frames = [f for f in self.frames if end - self.window_s - 1e-9 <= f[0] <= end]
@@ -154,8 +154,8 @@ async def run_level(engine, system: str, clips, streams: int, seconds: float, fp
 
 
 async def bench_size(size: str, args, tmp: Path) -> list[tuple]:
-    from mllm import synthetic
-    from mllm.tiny import make_tiny
+    from mllm.samples import synthetic
+    from mllm.samples.tiny import make_tiny
     from serve.engine import Engine
 
     model = make_tiny(tmp / size, size=size)

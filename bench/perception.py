@@ -32,10 +32,10 @@ import numpy as np  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mllm import synthetic  # noqa: E402
 from mllm.face import DetectorSettings, FaceCache, FaceDetector, video_face_track  # noqa: E402
 from mllm.face.landmarks import STAGES  # noqa: E402
 from mllm.media import iter_frames  # noqa: E402
+from mllm.samples import synthetic  # noqa: E402
 
 
 def _median_seconds(fn, repeats: int) -> tuple[float, object]:

@@ -23,13 +23,13 @@ import torch  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from mllm import synthetic  # noqa: E402
 from mllm.face import video_face_track  # noqa: E402
 from mllm.media import load_video  # noqa: E402
 from mllm.model import EmoReasonForConditionalGeneration  # noqa: E402
 from mllm.model.modeling import _scatter  # noqa: E402
 from mllm.processor import EmoReasonProcessor  # noqa: E402
-from mllm.tiny import make_tiny  # noqa: E402
+from mllm.samples import synthetic  # noqa: E402
+from mllm.samples.tiny import make_tiny  # noqa: E402
 
 STAGES = ("media", "landmarks", "processor", "vision", "face attention", "audio", "text", "total seam")
 

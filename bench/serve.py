@@ -53,8 +53,8 @@ SYSTEMS = {
 
 def make_inputs(work: Path, size: str, levels: list[int], clip_seconds: float) -> tuple[Path, dict[int, list[Path]]]:
     """The checkpoint, and each level's own clips (different seeds: different motion, noise and answers)."""
-    from mllm import synthetic
-    from mllm.tiny import make_tiny
+    from mllm.samples import synthetic
+    from mllm.samples.tiny import make_tiny
 
     model = make_tiny(work / "model", size=size)
     clips, seed = {}, 0
@@ -281,7 +281,7 @@ def main(argv=None) -> int:
         try:
             import json
 
-            from mllm import synthetic
+            from mllm.samples import synthetic
 
             label_space = json.loads((model_dir / "config.json").read_text())["label_space"]
             warm = synthetic.write_camera_video(work / "clips" / "warm.mp4", 25, fps=25.0, seed=999)

@@ -198,8 +198,9 @@ def run_sft_plain(model: Path, data: Path, out: Path, steps: int, batches: list[
     """What a user writes without a trainer: the same model, collator and parameter groups, a bare loop."""
     import torch
 
+    from data_builders.read import load_split
     from train.config import SFTRecipe, parse_recipe
-    from train.data import SFTCollator, load_split
+    from train.data import SFTCollator
     from train.model import load_model_and_processor, make_trainable, parameter_groups
 
     recipe = parse_recipe(SFTRecipe, _recipe_argv(SFT_RECIPE, model, data, out, steps))
@@ -473,8 +474,8 @@ def main(argv=None) -> int:
         parser.error("--steps and --grpo-steps must exceed --warmup")
 
     from mllm.cli import main as emoreason
-    from mllm.expression_photos import write_rafdb_expression_tree
-    from mllm.tiny import make_tiny
+    from mllm.samples.expression_photos import write_rafdb_expression_tree
+    from mllm.samples.tiny import make_tiny
 
     started = time.perf_counter()
     results: dict[str, dict] = {}

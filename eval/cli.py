@@ -86,10 +86,10 @@ def _run_inputs(settings: dict) -> list[str]:
 
 
 def _merge(args) -> int:
+    from data_builders.read import dataset_label_space, load_split
     from eval.run import PREDICTIONS, RUN_FILE, check_same_run, load_run, parse_shard, read_predictions
     from mllm.labels import label_space
     from mllm.outputs import atomic_path, atomic_write_text, claim_output_dir
-    from train.data import dataset_label_space, load_split
 
     settings, shards = None, {}
     for folder in map(Path, args.runs):

@@ -16,7 +16,7 @@ import json
 import numpy as np
 
 from eval.metrics import class_f1
-from mllm.labels import ABAW_AUS
+from eval.samples import sample_pairs
 
 REPLICATES = 1000
 
@@ -33,25 +33,6 @@ def group_name(value) -> str | None:
         return None
     low = int(number // 10 * 10)
     return f"{low}-{low + 9}"
-
-
-def _arrays(rows, predictions: dict, task: str, labels: tuple[str, ...]):
-    """Per sample (true, pred) in class form; None where the task has no classes (VA) or the sample no label."""
-    out = []
-    for row in rows:
-        p = predictions.get(row["id"])
-        ok = bool(p and p.get("ok"))
-        if task == "expr" and row["expression"]:
-            out.append((labels.index(row["expression"]), labels.index(p["label"]) if ok else len(labels)))
-        elif task == "ah" and row["ah"] in (0, 1):
-            out.append((row["ah"], (1 if p["ambivalence_hesitancy"] == "present" else 0) if ok else 1 - row["ah"]))
-        elif task == "au" and row["au_frames"]:
-            truth = [1 if au in set(row["aus"]) else 0 for au in ABAW_AUS]
-            pred = [1 if ok and au in set(p["aus"]) else 0 for au in ABAW_AUS]
-            out.append((truth, pred))
-        else:
-            out.append(None)
-    return out
 
 
 def _scores(pairs: list, task: str, labels: tuple[str, ...]) -> tuple[float, float]:
@@ -80,7 +61,7 @@ def fairness(rows, predictions: dict, task: str, labels: tuple[str, ...], seed: 
     for every metadata column with at least two groups; {} when samples carry no metadata or the task is VA."""
     if task == "va":
         return {}
-    pairs = _arrays(rows, predictions, task, labels)
+    pairs = sample_pairs(rows, predictions, task, labels)
     metas = [json.loads(r["meta"]) if isinstance(r["meta"], str) else (r["meta"] or {}) for r in rows]
     columns = sorted({k for meta in metas for k in meta})
     rng = np.random.default_rng(seed)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from eval import metrics as m
+from eval.samples import sample_pairs
 from mllm.labels import ABAW_AUS
 
 TIMELINES = 8  # videos drawn in timelines.png
@@ -28,67 +29,50 @@ FAILURE_EXAMPLES = 3  # answers that did not parse, shown in report.md
 EXCERPT = (400, 200)  # characters of a completion shown: its start and its end
 
 
-def _au_vector(aus) -> np.ndarray:
-    active = set(aus)
-    return np.array([1 if au in active else 0 for au in ABAW_AUS], dtype=np.int64)
-
-
 def sample_metrics(rows, predictions: dict, task: str, labels: tuple[str, ...]) -> tuple[dict, dict]:
-    """(metrics, pictures' data) over the samples with a label for `task`."""
+    """(metrics, pictures' data) over the samples with a label for `task` (`eval.samples.sample_pairs`)."""
     out: dict = {}
     extra: dict = {}
-    found = [(r, predictions.get(r["id"])) for r in rows]
-    ok = [(r, p) for r, p in found if p is not None and p.get("ok")]
+    pairs = sample_pairs(rows, predictions, task, labels)
+    scored = [(row, pair) for row, pair in zip(rows, pairs, strict=True) if pair is not None]
+    if not scored or (task == "va" and len(scored) < 2):
+        return out, extra
+    true = np.array([t for _, (t, _) in scored])
+    pred = np.array([p for _, (_, p) in scored])
     if task == "expr":
-        scored = [(r, p) for r, p in found if r["expression"]]
-        if scored:
-            n = len(labels)
-            true = np.array([labels.index(r["expression"]) for r, _ in scored])
-            pred = np.array([labels.index(p["label"]) if p and p.get("ok") else n for _, p in scored])
-            per_class = m.class_f1(true, pred, range(n))
-            recall = m.uar_war(true, pred)
-            out.update({"accuracy": m.accuracy(true, pred), "macro_f1": float(per_class.mean()),
-                        "macro_f1_classes": n, "classes_present": int(len(np.unique(true))),
-                        "uar": recall["uar"], "war": recall["war"], "samples": len(scored)})  # fmt: skip
-            matrix = np.zeros((n, n + 1), dtype=np.int64)
-            np.add.at(matrix, (true, pred), 1)
-            extra = {"confusion": matrix, "per_class_f1": dict(zip(labels, per_class.tolist(), strict=True))}
+        n = len(labels)
+        per_class = m.class_f1(true, pred, range(n))
+        recall = m.uar_war(true, pred)
+        out.update({"accuracy": m.accuracy(true, pred), "macro_f1": float(per_class.mean()),
+                    "macro_f1_classes": n, "classes_present": int(len(np.unique(true))),
+                    "uar": recall["uar"], "war": recall["war"]})  # fmt: skip
+        matrix = np.zeros((n, n + 1), dtype=np.int64)
+        np.add.at(matrix, (true, pred), 1)
+        extra = {"confusion": matrix, "per_class_f1": dict(zip(labels, per_class.tolist(), strict=True))}
     elif task == "au":
-        scored = [(r, p) for r, p in found if r["au_frames"]]
-        if scored:
-            true = np.stack([_au_vector(r["aus"]) for r, _ in scored])
-            pred = np.stack([_au_vector(p["aus"]) if p and p.get("ok") else np.zeros(12, np.int64) for _, p in scored])
-            out.update({"au_mean_f1": m.au_f1(true, pred)[0], "samples": len(scored)})
-            extra = {"per_class_f1": {au: float(m.class_f1(true[:, j], pred[:, j], [1])[0])
-                                      for j, au in enumerate(ABAW_AUS)}}  # fmt: skip
+        out["au_mean_f1"] = m.au_f1(true, pred)[0]
+        extra = {"per_class_f1": {au: float(m.class_f1(true[:, j], pred[:, j], [1])[0])
+                                  for j, au in enumerate(ABAW_AUS)}}  # fmt: skip
     elif task == "va":
-        scored = [(r, p) for r, p in ok if r["valence"] != m.VA_INVALID and r["arousal"] != m.VA_INVALID]
-        if len(scored) >= 2:
-            true = np.array([[r["valence"], r["arousal"]] for r, _ in scored])
-            pred = np.array([[p["valence"], p["arousal"]] for _, p in scored])
-            out.update({k: v for k, v in m.va_ccc(true, pred).items() if k != "frames"})
-            out["samples"] = len(scored)
+        out.update({k: v for k, v in m.va_ccc(true, pred).items() if k != "frames"})
     else:
-        scored = [(r, p) for r, p in found if r["ah"] in (0, 1)]
-        if scored:
-            true = np.array([r["ah"] for r, _ in scored])
-            pred, score = [], []
-            for _, p in scored:
-                present = bool(p and p.get("ok") and p["ambivalence_hesitancy"] == "present")
-                probability = float(np.exp(p["answer_logprob"])) if p and p.get("answer_logprob") is not None else 0.5
-                pred.append(1 if present else 0)
-                score.append(probability if present else 1.0 - probability)
-            result = m.bah_scores(true, np.array(pred), np.array(score) if true.any() else None)
-            out.update({k: v for k, v in result.items() if k != "n"})
-            out["samples"] = len(scored)
+        score = []
+        for row, (_, predicted) in scored:
+            p = predictions.get(row["id"])
+            ok = bool(p and p.get("ok"))
+            probability = float(np.exp(p["answer_logprob"])) if p and p.get("answer_logprob") is not None else 0.5
+            score.append(probability if ok and predicted == 1 else 1.0 - probability)
+        result = m.bah_scores(true, pred, np.array(score) if true.any() else None)
+        out.update({k: v for k, v in result.items() if k != "n"})
+    out["samples"] = len(scored)
     return out, extra
 
 
 def frames_of(rows, predictions: dict, task: str, labels: tuple[str, ...], window: int):
     """The per-frame truth and prediction (`eval.frames.Frames`), or None when no sample has per-frame labels."""
-    from eval.frames import map_to_frames
+    from eval.frames import TRUTH_COLUMNS, map_to_frames
 
-    column = {"expr": "expression_frames", "au": "au_frames", "va": "va_frames", "ah": "ah_frames"}[task]
+    column = TRUTH_COLUMNS[task]
     framed = [r for r in rows if r["frame_indices"] and r[column]]
     return map_to_frames(framed, predictions, task, labels, window) if framed else None
 

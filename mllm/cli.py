@@ -17,7 +17,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "doctor": "mllm.doctor",
     "faces": "mllm.face.cli",
-    "make-tiny": "mllm.tiny",
+    "make-tiny": "mllm.samples.tiny",
     "export": "mllm.export",
     "data": "data_builders.cli",
     "compose": "mllm.compose",
@@ -25,7 +25,7 @@ SUBCOMMANDS: dict[str, str] = {
     "serve": "serve.api",
     "analyze": "serve.analyze",
     "watch": "serve.watch",
-    "demo": "serve.demo",
+    "demo": "serve.demo_command",
     "eval": "eval.cli",
 }
 

@@ -35,7 +35,7 @@ def compose(
     label_space: str = "abaw_expr",
 ) -> Path:
     """Compose, then save model and processor into OUT/model. Returns that folder."""
-    from mllm.export import resolve_checkpoint
+    from mllm.checkpoints import resolve_checkpoint
     from mllm.labels import LABEL_SPACES
     from mllm.outputs import atomic_dir, claim_output_dir
 

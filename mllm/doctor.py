@@ -75,8 +75,8 @@ def _check_media():
 
     import numpy as np
 
-    from mllm import synthetic
     from mllm.media import load_video
+    from mllm.samples import synthetic
 
     with tempfile.TemporaryDirectory() as tmp:
         path = synthetic.write_video(

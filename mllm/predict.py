@@ -58,7 +58,7 @@ def reference_completions(
 ) -> tuple[list[str], str]:
     """Greedy `generate` completions, one per media file, from the checkpoint with its adapter merged, and the
     checkpoint's label space."""
-    from mllm.export import check_checkpoint, resolve_checkpoint
+    from mllm.checkpoints import check_checkpoint, resolve_checkpoint
 
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; valid: {TASKS}")

@@ -23,20 +23,10 @@ import contextlib
 import hmac
 import json
 import os
-import stat
 from pathlib import Path
 
-from mllm.output import TASKS
-
-HELP = "Chat demo in the browser (Gradio) on the serving engine, with the API beside it."
-TASK_CHOICES = [
-    ("Expression", "expr"),
-    ("Action units", "au"),
-    ("Valence / arousal", "va"),
-    ("Ambivalence / hesitancy", "ah"),
-]
-assert [t for _, t in TASK_CHOICES] == list(TASKS)
-TASK_NAMES = {task: name for name, task in TASK_CHOICES}
+from serve.demo_common import TASK_CHOICES, TASK_NAMES, answer_markdown, upload_folder, uploaded_file
+from serve.errors import error_body
 
 
 def _split(text: str) -> tuple[str, str]:
@@ -45,48 +35,6 @@ def _split(text: str) -> tuple[str, str]:
     think, _, rest = think.partition("</think>")
     answer = rest.split("<answer>", 1)[-1].split("</answer>", 1)[0] if "<answer>" in rest else ""
     return think.strip(), answer.strip()
-
-
-def answer_markdown(parsed: dict) -> str:
-    """The parsed result as the demo shows it."""
-    if not parsed["ok"]:
-        return f"No parsable answer ({parsed['error']}: {parsed['message']})"
-    task = parsed["task"]
-    if task == "expr":
-        text = f"Expression: **{parsed['label']}**"
-    elif task == "au":
-        text = "Action units: **" + (", ".join(parsed["aus"]) or "none active") + "**"
-    elif task == "va":
-        text = f"Valence **{parsed['valence']:+.2f}**, arousal **{parsed['arousal']:+.2f}**"
-    else:
-        text = f"Ambivalence/hesitancy: **{parsed['ambivalence_hesitancy']}**"
-    if parsed.get("cited_aus"):
-        text += "  \nAUs cited in the reasoning: " + ", ".join(parsed["cited_aus"])
-    return text
-
-
-def upload_folder() -> Path:
-    """The folder Gradio writes uploads to (and the only one the demo reads from)."""
-    from gradio.utils import get_upload_folder
-
-    return Path(get_upload_folder()).resolve()
-
-
-def uploaded_file(path: str, folder: Path) -> str | None:
-    """Why `path` is not a file uploaded to this server (None when it is one): inside `folder`, a plain file, not a
-    link. The reason never says whether a file elsewhere exists."""
-    if not isinstance(path, str) or not path:
-        return "names no file"
-    candidate = Path(path)
-    if not Path(os.path.abspath(candidate)).is_relative_to(folder) or not candidate.resolve().is_relative_to(folder):
-        return "names a file that was not uploaded to this server"
-    try:
-        mode = os.lstat(candidate).st_mode
-    except OSError:
-        return "names an upload that is gone (upload the file again)"
-    if not stat.S_ISREG(mode):
-        return "names something in the upload folder that is not a plain file"
-    return None
 
 
 def _file_references(value, found: list) -> list:
@@ -151,8 +99,6 @@ class UploadsOnly:
 
 
 async def _json_reply(send, status: int, message: str) -> None:
-    from serve.api import error_body
-
     payload = json.dumps({**error_body(message, "file_not_allowed"), "detail": message}).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -295,17 +241,3 @@ def mount(app, engine, path: str, api_key: str | None, max_tokens: int, max_file
     app.add_middleware(UploadsOnly, prefix=path if path != "/" else "", skip=skip or ("/v1/",),
                        max_body_bytes=max_file_bytes)  # fmt: skip
     return app
-
-
-def add_arguments(parser) -> None:
-    from serve.api import add_arguments as add_serve_arguments
-
-    add_serve_arguments(parser, port=7860)
-
-
-def run(args) -> int:
-    from serve.api import run as serve_run
-
-    args.demo = True
-    args.demo_path = "/"
-    return serve_run(args)

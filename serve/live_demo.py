@@ -43,7 +43,7 @@ class _Tab:
 
 def answer_markdown(answer: dict, stats) -> str:
     """The latest answer as the Live tab shows it: the answer, its window, the face, the latency."""
-    from serve.demo import answer_markdown as parsed_markdown
+    from serve.demo_common import answer_markdown as parsed_markdown
 
     if answer["error"]:
         text = f"This window failed: {answer['error']}"
@@ -113,7 +113,7 @@ def add_live_tab(engine, names: list[str], labels_of, limits, counter=None, uplo
     """The Live tab's components and events (call inside a `gr.Blocks`). `labels_of(model)`: the expression
     labels of a served model, for the timeline's legend."""
     from mllm.media import load_audio
-    from serve.demo import TASK_CHOICES, uploaded_file
+    from serve.demo_common import TASK_CHOICES, uploaded_file
 
     tabs = LiveTabs(engine, limits, counter)
 

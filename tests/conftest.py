@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mllm import synthetic
+from mllm.samples import synthetic
 
 FPS = 25
 SECONDS = 2.0
@@ -86,7 +86,7 @@ def truncated_mp4(media_dir, video_with_audio):
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from mllm.tiny import make_tiny
+    from mllm.samples.tiny import make_tiny
 
     root = tmp_path_factory.mktemp("tiny")
     make_tiny(root)
@@ -118,7 +118,7 @@ def _tiny_checkpoint(base: str):
 
     @pytest.fixture(scope="session")
     def made(tmp_path_factory):
-        from mllm.tiny import make_tiny
+        from mllm.samples.tiny import make_tiny
 
         root = tmp_path_factory.mktemp(f"tiny_{base}")
         make_tiny(root, base=base)
@@ -165,7 +165,7 @@ def expression_data(tmp_path_factory):
     """`emoreason data build rafdb` over a RAF-DB tree of real faces warped into Happiness / Sadness / Surprise,
     with OpenFace AU CSVs (4 training identities, 2 held out)."""
     from mllm.cli import main
-    from mllm.expression_photos import write_rafdb_expression_tree
+    from mllm.samples.expression_photos import write_rafdb_expression_tree
 
     root = tmp_path_factory.mktemp("expressions")
     write_rafdb_expression_tree(root / "rafdb", root / "openface", train_faces=4, test_faces=2, seed=0)

@@ -53,11 +53,16 @@ CARD_FIELDS = (
 )
 
 
+def is_zero3(trainer) -> bool:
+    """Whether `trainer` runs DeepSpeed ZeRO-3, where every process holds only a slice of each weight."""
+    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
+    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
+
+
 def write_final_model(trainer, processor, label_space: str, report: dict) -> Path | None:
     """OUTPUT_DIR/model, written under a temporary name and renamed into place, then its vLLM export and the
     manifest. Only the main process writes; returns the folder there (None elsewhere)."""
     from mllm.outputs import atomic_dir, atomic_write_text
-    from train.model import is_zero3
 
     trainer.accelerator.wait_for_everyone()
     # Under ZeRO-3 every process holds a slice of each weight: all take part in gathering the whole state.

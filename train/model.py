@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from train.final_model import is_zero3
 from train.run_folder import COMPLETE, claim_run_dir, taken_back_on_failure
 
 NEW_MODULES_FILE = "new_modules.safetensors"
@@ -35,7 +36,7 @@ NEW_MODULES_FILE = "new_modules.safetensors"
 
 def check_model(recipe) -> Path:
     """The starting checkpoint's folder, its files checked (one line naming what is missing or broken)."""
-    from mllm.export import check_checkpoint, resolve_checkpoint
+    from mllm.checkpoints import check_checkpoint, resolve_checkpoint
 
     model_dir = resolve_checkpoint(recipe.model)
     check_checkpoint(model_dir, processor=True)
@@ -57,7 +58,7 @@ def load_model_and_processor(recipe):
 def load_inputs(recipe):
     """The checks and loads both stages start with: (label space, training rows, checkpoint to resume from, model,
     processor). The data and the model are checked before the run folder is claimed, so bad input leaves none."""
-    from train.data import dataset_label_space, load_split
+    from data_builders.read import dataset_label_space, load_split
 
     space = dataset_label_space(recipe.data)
     train = load_split(recipe.data, recipe.train_split, recipe.tasks, recipe.max_train_samples, recipe.seed)
@@ -182,11 +183,6 @@ def new_module_state(model, state_dict: dict | None = None) -> dict[str, torch.T
         return {n: params[n].detach().cpu().contiguous() for n in names}
     prefix = "base_model.model." if composed is not model else ""
     return {n: state_dict[prefix + n].detach().cpu().contiguous() for n in names}
-
-
-def is_zero3(trainer) -> bool:
-    plugin = getattr(trainer.accelerator.state, "deepspeed_plugin", None)
-    return bool(getattr(trainer, "is_deepspeed_enabled", False) and plugin is not None and plugin.zero_stage == 3)
 
 
 class EmoReasonTrainerMixin:

@@ -26,8 +26,8 @@ class SampleCompletions(TrainerCallback):
         from rich.console import Console
         from rich.table import Table
 
+        from data_builders.read import conversation
         from mllm.output import parse
-        from train.data import conversation
 
         if not self.trainer.is_world_process_zero() or not len(self.rows):
             return []

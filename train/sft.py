@@ -22,7 +22,8 @@ class EmoReasonSFTTrainer(EmoReasonTrainerMixin, SFTTrainer):
 
 def build_trainer(recipe):
     """(trainer, processor, label space, checkpoint to resume from): everything checked and loaded, nothing run."""
-    from train.data import SFTCollator, load_split
+    from data_builders.read import load_split
+    from train.data import SFTCollator
     from train.model import load_inputs, make_trainable
     from train.progress import SampleCompletions
 

@@ -113,10 +113,10 @@ def model_generator(
     per row with transformers' generate, on the GPU where there is one."""
     import torch
 
+    from data_builders.read import conversation
     from mllm.export import load_model
     from mllm.parts import ProcessorInputError
     from mllm.processor import EmoReasonProcessor
-    from train.data import conversation
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = load_model(model_dir).eval().to(device)
@@ -200,8 +200,8 @@ def synthesize(
     section of its build_report.json. `generate` replaces the model's generation step (then the model folder is
     checked, not loaded). Raises ValueError, and writes nothing, when no sample is kept."""
     from data_builders.cli import REPORT_FILE, _Claim
-    from mllm.export import check_checkpoint, resolve_checkpoint
-    from train.data import load_split
+    from data_builders.read import load_split
+    from mllm.checkpoints import check_checkpoint, resolve_checkpoint
 
     if num_generations < 1 or batch_size < 1 or max_new_tokens < 1:
         raise ValueError("--num-generations, --batch-size and --max-new-tokens must be >= 1")

@@ -412,3 +412,14 @@ def get_adapter(model_type: str):
             f"(refused, with reasons: {sorted(REFUSED)})"
         )
     return BASE_ADAPTERS[model_type]()
+
+
+def image_processor_class(name: str):
+    """The base's image processor class: the torchvision one where torchvision imports, else its PIL twin (which
+    transformers would fall back to anyway, warning each time; the CPU set-up removes torchvision on purpose)."""
+    import importlib.util
+
+    import transformers
+
+    has_torchvision = importlib.util.find_spec("torchvision") is not None
+    return getattr(transformers, name if has_torchvision else f"{name}Pil")

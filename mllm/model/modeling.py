@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedModel, Wav2Vec2Config, Wav2Vec2Model
 
+from mllm.checkpoints import check_checkpoint, resolve_checkpoint
 from mllm.config import EmoReasonConfig
-from mllm.export import check_checkpoint, resolve_checkpoint
 from mllm.model.audio import AudioBranch
 from mllm.model.bases import get_adapter
 from mllm.model.face_attention import FaceRegionGuidedAttention

@@ -1,6 +1,6 @@
 """Expression photographs: real faces with their expression geometry changed, as a small RAF-DB.
 
-The faces are the real photographs shipped inside scikit-image (`mllm.synthetic.face_photos`: the astronaut and
+The faces are the real photographs shipped inside scikit-image (`mllm.samples.synthetic.face_photos`: the astronaut and
 the LFW faces; the cameraman is left out, dlib's HOG detector misses him). Each face's 68 dlib landmarks are moved
 along an EMFACS prototype's geometry (Happiness: AU6 + AU12, Sadness: AU1 + AU4 + AU15, Surprise: AU1 + AU2 + AU5
 + AU26) by a piecewise-affine warp anchored on a frame of fixed points around the face, so nothing else in the
@@ -11,7 +11,7 @@ the geometry alone and test identities are never seen in training.
 Image/aligned/<name>_aligned.jpg) and, beside it, one OpenFace 2.0 FaceLandmarkImg CSV per image with the class's
 AUs present (weak AU labels, as OpenFace would give them), for `emoreason data build rafdb ROOT --openface DIR`:
 
-    from mllm.expression_photos import write_rafdb_expression_tree
+    from mllm.samples.expression_photos import write_rafdb_expression_tree
     summary = write_rafdb_expression_tree("rafdb", "openface", train_faces=40, test_faces=12)
 
 scikit-image is a dev dependency: it is imported only when a face is warped or the photographs are loaded.
@@ -258,7 +258,7 @@ def _detector():
 def source_faces(lfw: int = 100, detector=None) -> list[SourceFace]:
     """The astronaut (cut to a 240 px square around her face) and the first `lfw` LFW faces, those where dlib's
     HOG detector finds the face (about 84 of the 100 LFW faces), in that order."""
-    from mllm.synthetic import face_photos
+    from mllm.samples.synthetic import face_photos
 
     detector = detector or _detector()
     faces = []

@@ -143,21 +143,12 @@ def _save_base(model, tokenizer, image_processor, out: Path) -> None:
     image_processor.save_pretrained(out)
 
 
-def image_processor_class(name: str):
-    """The base's image processor class: the torchvision one where torchvision imports, else its PIL twin (which
-    transformers would fall back to anyway, warning each time; the CPU set-up removes torchvision on purpose)."""
-    import importlib.util
-
-    import transformers
-
-    has_torchvision = importlib.util.find_spec("torchvision") is not None
-    return getattr(transformers, name if has_torchvision else f"{name}Pil")
-
-
 def build_internvl_base(out: Path, size: str = "tiny", seed: int = 0):
     """A random InternVL-hf model. "tiny": 64x64 images, 16 px patches, pixel shuffle 0.5 -> 4 visual tokens."""
     import torch
     from transformers import InternVLConfig, InternVLForConditionalGeneration
+
+    from mllm.model.bases import image_processor_class
 
     tokenizer = build_tokenizer()
     torch.manual_seed(seed)
@@ -192,6 +183,8 @@ def build_llava_onevision_base(out: Path, size: str = "tiny", seed: int = 0):
     2x2 -> 4 visual tokens. The tokenizer holds only the base's own `<image>` / `<video>` tokens."""
     import torch
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration
+
+    from mllm.model.bases import image_processor_class
 
     tokenizer = build_tokenizer(extra_special_tokens=("<image>", "<video>"))
     torch.manual_seed(seed)
@@ -239,6 +232,7 @@ def build_qwen2_5_vl_base(out: Path, size: str = "tiny", seed: int = 0):
     import torch
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
+    from mllm.model.bases import image_processor_class
     from mllm.parts import QWEN_VISION_TOKENS
 
     tokenizer = build_tokenizer(extra_special_tokens=QWEN_VISION_TOKENS)
@@ -364,6 +358,8 @@ def _qwen3_vision(s: dict) -> dict:
 def _save_qwen3_base(model, tokenizer, out: Path, side: int) -> None:
     """The Qwen3 family's files: Qwen2-VL's image processor as they ship it (16 px patches, mean and std 0.5) with
     `max_pixels` making a face crop `side` px, and Qwen3-VL's video processor (vLLM loads the processor whole)."""
+    from mllm.model.bases import image_processor_class
+
     image_processor = image_processor_class("Qwen2VLImageProcessor")(
         min_pixels=32 * 32, max_pixels=side * side, patch_size=16, temporal_patch_size=2, merge_size=2,
         image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5],
@@ -448,7 +444,7 @@ def make_tiny(out: str | Path, seed: int = 0, size: str = "tiny", base: str = "i
 def write_sample_clip(path: Path) -> Path:
     """A 2 s clip of a real face (the astronaut photograph) with speech from espeak-ng, or a tone without it."""
 
-    from mllm import synthetic
+    from mllm.samples import synthetic
 
     audio = synthetic.speech_or_tone("I am not sure how I feel about this.", 2.0)
     return synthetic.write_video(path, synthetic.face_frames(50), fps=25, audio=audio)

@@ -19,9 +19,8 @@ CLIPS = 6
 @pytest.fixture(scope="module")
 def dfew_data(tmp_path_factory):
     """A DFEW-layout dataset of 6 camera-like clips of a real face (1 s each), built by `data build dfew`."""
-    from mllm.samples.synthetic import write_camera_video
-
     from mllm.cli import main as emoreason
+    from mllm.samples.synthetic import write_camera_video
 
     root = tmp_path_factory.mktemp("dfew-faces") / "dfew"
     (root / "Clip" / "original").mkdir(parents=True)

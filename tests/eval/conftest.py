@@ -2,7 +2,7 @@
 
 import pytest
 
-from mllm import synthetic
+from mllm.samples import synthetic
 
 HEADER = "Neutral,Anger,Disgust,Fear,Happiness,Sadness,Surprise,Other"
 FRAMES = 40  # per video: clips 1-16, 17-32 and 25-40 (the last aligned to the end: frames 25-32 overlap)

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from sklearn.metrics import f1_score
 
+from data_builders.read import load_split
 from eval.compare import compare
 from eval.run import PREDICTIONS, RUN_FILE, Appender
 from mllm.labels import label_space
-from train.data import load_split
 
 LABELS = label_space("abaw_expr")
 

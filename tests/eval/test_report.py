@@ -63,7 +63,7 @@ def test_macro_f1_says_how_many_classes_it_averages():
 def scored_run(abaw_expr_data, tmp_path):
     """A finished run over the fixture: right answers but one Surprise (not in the truth) and one completion that
     did not parse, carrying an escape sequence, a carriage return and a bell."""
-    from train.data import load_split
+    from data_builders.read import load_split
 
     rows = sorted(load_split(abaw_expr_data, "validation", ["expr"]), key=lambda r: r["id"])
     assert "Surprise" not in {r["expression"] for r in rows}

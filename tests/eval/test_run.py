@@ -128,7 +128,7 @@ def _fake_shard(folder: Path, data: Path, part: int, ids: list[str]) -> None:
 
 
 def test_merge_joins_shards_and_scores_them(abaw_expr_data, tmp_path):
-    from train.data import load_split
+    from data_builders.read import load_split
 
     ids = sorted(load_split(abaw_expr_data, "validation", ["expr"])["id"])
     _fake_shard(tmp_path / "s1", abaw_expr_data, 1, ids[0::2])

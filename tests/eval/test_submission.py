@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from sklearn.metrics import auc, average_precision_score, f1_score, precision_score, recall_score
 
+from data_builders.read import load_split
 from eval.run import PREDICTIONS, RUN_FILE, Appender
 from eval.submission import _probabilities, bah_threshold_ap, read_abaw, score_abaw, score_bah, write_bah
 from mllm.labels import label_space
-from train.data import load_split
 
 CLI = str(Path(sys.executable).parent / "emoreason")
 LABELS = label_space("abaw_expr")

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mllm import synthetic
 from mllm.media import (
     AUDIO_SAMPLE_RATE,
     CorruptMediaError,
@@ -20,6 +19,7 @@ from mllm.media import (
     load_video,
     media_kind,
 )
+from mllm.samples import synthetic
 from tests.conftest import FPS, N_FRAMES, SECONDS
 
 

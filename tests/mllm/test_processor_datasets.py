@@ -16,9 +16,9 @@ import torch
 
 from data_builders import get_builder
 from data_builders.common import BuildOptions, BuildReport
-from mllm import synthetic
 from mllm.face import DetectorSettings, FaceDetector, align_face
 from mllm.media import MediaNotFoundError
+from mllm.samples import synthetic
 from tests.conftest import FPS
 from tests.data_builders import layouts
 

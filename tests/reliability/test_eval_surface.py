@@ -29,7 +29,7 @@ MB = 1024**2
 @pytest.fixture(scope="module")
 def template(abaw_expr_data, tmp_path_factory):  # noqa: F811
     """A finished run folder (as `eval run` leaves it) over the fixture dataset, its sample file and annotations."""
-    from train.data import load_split
+    from data_builders.read import load_split
 
     root = tmp_path_factory.mktemp("eval-surface")
     rows = sorted(load_split(abaw_expr_data, "validation", ["expr"]), key=lambda r: r["id"])

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 
 import mllm.face.pipeline as pipeline
-from mllm import synthetic
 from mllm.face import FaceCache, video_face_track
 from mllm.outputs import TMP_TAG
+from mllm.samples import synthetic
 from tests.reliability.conftest import assert_refused, checksums
 
 FRAMES = 6

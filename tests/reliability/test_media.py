@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mllm import synthetic
 from mllm.media import (
     AUDIO_SAMPLE_RATE,
     CorruptMediaError,
@@ -24,6 +23,7 @@ from mllm.media import (
     load_video,
     probe_video,
 )
+from mllm.samples import synthetic
 from tests.reliability.conftest import assert_refused, checksums
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ import av
 import numpy as np
 import pytest
 
-from mllm import synthetic
+from mllm.samples import synthetic
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
 

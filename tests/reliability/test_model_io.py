@@ -406,7 +406,7 @@ def test_the_export_under_served_is_keyed_by_content_and_healed(model_copy, tiny
     _truncate(lm / "model.safetensors")
     served_language_model(model_copy, load)
     assert len(loads) == 2 and marker.exists()
-    from mllm.export import check_safetensors
+    from mllm.checkpoints import check_safetensors
 
     check_safetensors(lm / "model.safetensors")
 
@@ -459,7 +459,8 @@ def test_export_with_then_without_an_adapter_leaves_no_stale_lora(cli, model_cop
 
 def test_a_half_written_export_folder_is_healed(cli, model_copy, tmp_path):
     """An --out folder of ours whose language_model was cut short (no completion marker) is rewritten."""
-    from mllm.export import EXPORT_MARKER, check_safetensors
+    from mllm.checkpoints import check_safetensors
+    from mllm.export import EXPORT_MARKER
 
     out = tmp_path / "served"
     assert cli("export", model_copy, "--out", out).code == 0

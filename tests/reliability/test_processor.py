@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from mllm import synthetic
 from mllm.media import (
     CorruptMediaError,
     MediaArrayError,
@@ -21,6 +20,7 @@ from mllm.media import (
     UnsupportedMediaError,
 )
 from mllm.processor import ProcessorInputError
+from mllm.samples import synthetic
 from tests.reliability.conftest import assert_refused
 
 ASK = {"type": "text", "text": "Which emotion?"}

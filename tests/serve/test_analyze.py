@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mllm import synthetic
 from mllm.labels import label_space
 from mllm.output import parse
+from mllm.samples import synthetic
 from serve.analyze import _text
 
 CLI = str(Path(sys.executable).parent / "emoreason")

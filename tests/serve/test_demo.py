@@ -92,7 +92,7 @@ def test_the_demo_refuses_a_wrong_password(server, browser):
 def camera_browser(playwright, tmp_path_factory):
     """Chromium whose fake camera plays a real face clip (5 s of the astronaut, then 5 s without anyone, looped)
     and whose fake microphone plays speech."""
-    from mllm import synthetic
+    from mllm.samples import synthetic
 
     folder = tmp_path_factory.mktemp("fake-camera")
     frames = synthetic.face_frames(100, size=(240, 320), absent=range(50, 100))

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mllm import synthetic
+from mllm.samples import synthetic
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -13,7 +13,7 @@ from PIL import Image
 
 pytest.importorskip("skimage")
 
-from mllm.expression_photos import (  # noqa: E402
+from mllm.samples.expression_photos import (  # noqa: E402
     EXPRESSION_AUS,
     RAFDB_CODE_OF,
     expression_landmarks,
@@ -170,7 +170,7 @@ def test_data_build_grounds_every_sample_in_its_class_aus(tree, tmp_path, capsys
 def test_the_fast_piecewise_affine_map_is_skimages():
     from skimage.transform import PiecewiseAffineTransform
 
-    from mllm.expression_photos import _piecewise_affine
+    from mllm.samples.expression_photos import _piecewise_affine
 
     rng = np.random.default_rng(1)
     frame = np.array([[0, 0], [99, 0], [0, 99], [99, 99], [50, 0], [0, 50], [99, 50], [50, 99]], np.float64)

@@ -32,7 +32,7 @@ CLASS_AUS = {
 @pytest.fixture(scope="module")
 def photo_data(tmp_path_factory):
     """70 training identities and 15 held-out ones, each warped into every class."""
-    from mllm.expression_photos import write_rafdb_expression_tree
+    from mllm.samples.expression_photos import write_rafdb_expression_tree
 
     root = tmp_path_factory.mktemp("photos")
     summary = write_rafdb_expression_tree(root / "rafdb", root / "openface", train_faces=70, test_faces=15, seed=0)
@@ -68,9 +68,9 @@ def _asked(messages: list[dict], text: str | None) -> list[dict]:
 def held_out_answers(run: Path, data: Path, question: str | None = None) -> list[tuple[dict, str]]:
     """(sample, greedy completion) for every held-out sample, from the final model folder as predict loads it;
     `question` replaces the dataset's wording of the question."""
+    from data_builders.read import conversation, load_split
     from mllm.export import load_model
     from mllm.processor import EmoReasonProcessor
-    from train.data import conversation, load_split
 
     model = load_model(run / "model").eval()
     processor = EmoReasonProcessor.from_pretrained(run / "model")

@@ -220,7 +220,7 @@ def test_two_processes_under_accelerate_launch_agree_on_the_final_weights(tiny_d
     digests = report["weights_sha256_per_process"]
     assert len(digests) == 2 and digests[0] == digests[1]
     # The processes took turns over the batches of 4: an epoch took half the steps of one process.
-    from train.data import load_split
+    from data_builders.read import load_split
 
     batches = math.ceil(len(load_split(expression_data, "train")) / 4)
     epoch = [h for h in report["log_history"] if h.get("step") == 3 and "epoch" in h][-1]["epoch"]

@@ -7,9 +7,9 @@ import json
 import pytest
 from datasets import load_from_disk
 
+from data_builders.read import dataset_label_space, load_split
 from mllm.cli import main
 from train import synthesize as synth
-from train.data import dataset_label_space, load_split
 
 WRONG_LABEL = "<think>Observations: marked AU4 (brow lowerer). So the answer is Anger.</think><answer>Anger</answer>"
 UNPARSEABLE = "Happiness, I think"
@@ -18,7 +18,7 @@ UNPARSEABLE = "Happiness, I think"
 @pytest.fixture(scope="module")
 def synth_data(tmp_path_factory):
     """`emoreason data build rafdb` over warped real faces with OpenFace AUs (3 training identities, 1 held out)."""
-    from mllm.expression_photos import write_rafdb_expression_tree
+    from mllm.samples.expression_photos import write_rafdb_expression_tree
 
     root = tmp_path_factory.mktemp("synth")
     write_rafdb_expression_tree(root / "rafdb", root / "openface", train_faces=3, test_faces=1, seed=0)

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from mllm import synthetic
 from mllm.face import (
     DetectorSettings,
     FaceCache,
@@ -15,6 +14,7 @@ from mllm.face import (
 )
 from mllm.face.geometry import apply, roll_degrees, rotation
 from mllm.face.landmarks import box_iou, eye_centres
+from mllm.samples import synthetic
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mllm import synthetic
 from mllm.face import (
     REGION_NAMES,
     REGIONS,
@@ -17,6 +16,7 @@ from mllm.face import (
 )
 from mllm.face.landmarks import eye_centres, mouth_centre
 from mllm.face.regions import region_of_point
+from mllm.samples import synthetic
 
 
 @pytest.fixture(scope="module")
@@ -216,7 +216,7 @@ def test_faces_found_from_several_threads_at_once_equal_those_found_one_by_one()
     from concurrent.futures import ThreadPoolExecutor
 
     from mllm.face import FaceDetector
-    from mllm.synthetic import astronaut
+    from mllm.samples.synthetic import astronaut
 
     rgb, rng = astronaut(), np.random.default_rng(0)
     crops = []

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from mllm import synthetic
 from mllm.export import language_model_lora_config
 from mllm.face import align_face, image_faces
 from mllm.face.regions import INNER_LIPS, JAW, OUTER_LIPS
 from mllm.model import EmoReasonForConditionalGeneration
+from mllm.samples import synthetic
 
 LABELS = ("Sadness", "Happiness")
 STEPS = 40

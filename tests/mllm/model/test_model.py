@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoModel
 
-from mllm import synthetic
 from mllm.export import language_model_lora_config
 from mllm.model import EmoReasonForConditionalGeneration, FaceRegionGuidedAttention, get_adapter
+from mllm.samples import synthetic
 
 # tiny bases: 64 px images, 16 px patches, pixel shuffle 0.5 (InternVL), 2x2 pooling (OneVision); 56 px images, 14 px
 # patches, 2x2 merger (Qwen2.5-VL); 64 px images, 16 px patches, 2x2 merger (Qwen3-VL)

@@ -80,7 +80,7 @@ def llm(served):
 
 @pytest.fixture(scope="module")
 def prompts(base, video_with_audio, astronaut_png, video_no_face, media_dir):
-    from mllm import synthetic
+    from mllm.samples import synthetic
 
     tiny_processor = base[1]
     speech = synthetic.write_audio(
