@@ -2,16 +2,19 @@
 (`emoreason serve`: the encoders batched in the server, vLLM fed `prompt_embeds`), (b) a one-request-at-a-time
 transformers server (processor + `generate` per request, requests queued first come first served) and (c)
 statically batched transformers `generate` (the processor and `generate` over as many requests as there are clients
-at once), on the same random checkpoint and the same requests, in one run.
+at once), on the same random checkpoint and the same requests, in one run; and (d), the ceiling: vLLM alone (the
+engine's own AsyncLLM, in this process, without HTTP), fed the embeddings of the same requests computed beforehand
+(no decoding, tracking or encoders in the timed part), the same lengths and the same clients. (a)/(d) is what our
+engine costs over the bare language model.
 
-    .venv/bin/python bench/serve.py [--size mid] [--levels 1 4 16 64] [--max-tokens 32] [--systems a b c]
+    .venv/bin/python bench/serve.py [--size mid] [--levels 1 4 16 64] [--max-tokens 32] [--systems a b c d]
 
 The default takes about 15 minutes on 2 cores. Requests cost what real ones cost: each is a different camera-like
 clip (640x360 h264, 2 s at 25 fps, a real face photograph moving over a noisy background, `write_camera_video`),
 decoded, its face tracked with 68 landmarks on 8 frames and encoded by the vision tower, face attention and audio
 branch, then asked the expression question; every system does all of that per request (the face cache starts
 empty for each system, and no clip is asked twice within a system). Every completion is exactly `--max-tokens`
-tokens (vLLM `ignore_eos`, transformers `min_new_tokens`), so the systems do the same work.
+tokens (vLLM `min_tokens`, transformers `min_new_tokens`), so the systems do the same work.
 
 Each level runs `max(clients, 4)` requests from `clients` closed-loop clients (each sends its next request when its
 last one is answered). Latency is from a request's sending to its last token; time to first token (TTFT) to its
@@ -44,6 +47,7 @@ SYSTEMS = {
     "a16": "(a) our endpoint, bf16 forced",
     "b": "(b) transformers, one at a time",
     "c": "(c) transformers, static batches",
+    "d": "(d) vLLM alone, embeddings precomputed",
 }
 
 
@@ -142,7 +146,7 @@ def endpoint_asker(port: int, label_space: str, max_tokens: int):
         first, tokens = None, 0
         stream = await client.chat.completions.create(
             model="emoreason", messages=messages, max_tokens=max_tokens, temperature=0, stream=True,
-            extra_body={"ignore_eos": True}, stream_options={"include_usage": True},
+            extra_body={"min_tokens": max_tokens}, stream_options={"include_usage": True},
         )  # fmt: skip
         async for chunk in stream:
             if chunk.choices and chunk.choices[0].delta.content and first is None:
@@ -239,6 +243,48 @@ def static_batch_asker(model, processor, max_tokens: int, batch_size: int, total
 # The run
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# (d): vLLM alone, fed embeddings computed before the clock starts
+
+
+async def bare_vllm_levels(model_dir: Path, clips: dict[int, list[Path]], levels: list[int], max_tokens: int,
+                           report) -> None:  # fmt: skip
+    """The engine's vLLM (the endpoint's defaults: compiled graphs, its dtype) asked with each request's prompt
+    embeddings, computed by our processor and encoders before timing; only vLLM's generation is timed."""
+    import json
+
+    from mllm.samples import synthetic
+    from serve.engine import Engine
+
+    engine = Engine(model_dir, max_num_seqs=64)
+    await engine.start()
+    try:
+        label_space = json.loads((model_dir / "config.json").read_text())["label_space"]
+
+        ready = {}
+        warm = synthetic.write_camera_video(clips[levels[0]][0].parent / "warm-d.mp4", 25, fps=25.0, seed=998)
+        for clip in [warm, *(c for level in levels for c in clips[level])]:
+            ready[clip] = await engine.embed(_messages(clip, label_space))
+
+        async def ask(clip: Path):
+            params = engine.sampling_params(None, max_tokens, min_tokens=max_tokens)
+            sent, first, tokens = time.perf_counter(), None, 0
+            async for delta in engine.stream([], params=params, embeds=ready[clip]):
+                if delta.token_ids and first is None:
+                    first = time.perf_counter()
+                tokens += len(delta.token_ids)
+            done = time.perf_counter()
+            if tokens != max_tokens:
+                raise RuntimeError(f"vLLM returned {tokens} tokens, not {max_tokens}")
+            return (first or done) - sent, done - sent
+
+        await run_level(ask, [warm], 1)  # warm-up, not timed
+        for level in levels:
+            report("d", level, await run_level(ask, clips[level], level))
+    finally:
+        await engine.shutdown()
+
+
 def _free_port() -> int:
     import socket
 
@@ -253,7 +299,7 @@ def main(argv=None) -> int:
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--clip-seconds", type=float, default=2.0)
-    parser.add_argument("--systems", nargs="+", default=["a", "b", "c"], choices=list(SYSTEMS))
+    parser.add_argument("--systems", nargs="+", default=["a", "b", "c", "d"], choices=list(SYSTEMS))
     parser.add_argument("--work", default=None, help="folder for the checkpoint and clips (default: a temporary one)")
     args = parser.parse_args(argv)
 
@@ -311,6 +357,10 @@ def main(argv=None) -> int:
                        else static_batch_asker(model, processor, args.max_tokens, level, total))  # fmt: skip
                 report(system, level, asyncio.run(run_level(ask, clips[level], level)))
 
+    if "d" in args.systems:
+        os.environ["EMOREASON_CACHE"] = tempfile.mkdtemp()
+        asyncio.run(bare_vllm_levels(model_dir, clips, args.levels, args.max_tokens, report))
+
     cpu = platform.processor() or platform.machine()
     with open("/proc/cpuinfo") as f:
         names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
@@ -326,7 +376,7 @@ def main(argv=None) -> int:
         for system in args.systems:
             r = results[(system, level)]
             rps = r["n"] / r["wall"]
-            speedup = "" if base is None or system.startswith("a") else f"{(base['n'] / base['wall']) / rps:.1f}x"
+            speedup = "" if base is None or system.startswith("a") else f"{(base['n'] / base['wall']) / rps:.2f}x"
             ttft = statistics.median(r["ttft"])
             p50, p99 = _pct(r["latency"], 50), _pct(r["latency"], 99)
             print(f"| {level} | {SYSTEMS[system]} | {rps:.2f} | {rps * args.max_tokens:.1f} | {p50:.2f} | {p99:.2f} | "
