@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -38,23 +37,31 @@ sys.path.insert(0, str(REPO))
 CLIP = 16
 
 
-def _peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+def _hwm_mib() -> float:
+    """The process's peak resident memory since the last `_reset_hwm` (Linux's VmHWM)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
+def _reset_hwm() -> None:
+    with open("/proc/self/clear_refs", "w") as f:  # "5": reset the peak to what is resident now (Linux 4.0+)
+        f.write("5")
+
+
 def _timed(step):
-    """(result, seconds, MiB the step added to the process's high-water mark over what was resident before it)."""
+    """(result, seconds, MiB the step added at its peak over what was resident before it)."""
     import gc
 
     gc.collect()
+    _reset_hwm()
     before, started = _rss_mib(), time.perf_counter()
     result = step()
-    return result, time.perf_counter() - started, max(0.0, _peak_mib() - before)
+    return result, time.perf_counter() - started, max(0.0, _hwm_mib() - before)
 
 
 def synthetic_rows(frames: int, videos: int, seed: int = 0) -> tuple[list[dict], dict]:

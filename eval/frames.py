@@ -88,21 +88,30 @@ def map_to_frames(rows, predictions: dict[str, dict], task: str, labels: tuple[s
     for row, n in zip(rows, lengths, strict=True):
         if len(row[column]) != n:
             raise ValueError(f"sample {row['id']!r}: {n} frames but {len(row[column])} labels")
+    offsets = np.concatenate([[0], np.cumsum(lengths)])  # entry e belongs to row searchsorted(offsets, e) - 1
     names, codes = np.unique(np.array([r["subject"] for r in rows], dtype=object), return_inverse=True)
-    video = np.repeat(codes.astype(np.int64), lengths)
-    frame = np.fromiter(itertools.chain.from_iterable(r["frame_indices"] for r in rows), np.int64, int(lengths.sum()))
-    row_of = np.repeat(np.arange(len(rows)), lengths)
+    frame = np.fromiter(itertools.chain.from_iterable(r["frame_indices"] for r in rows), np.int64, int(offsets[-1]))
     dtype = np.float64 if task == "va" else np.int64
     truth_flat = itertools.chain.from_iterable(r[column] for r in rows)
     truth = np.array(list(truth_flat), dtype) if task in ("au", "va") else np.fromiter(truth_flat, dtype, len(frame))
     if task in ("au", "va"):
         truth = truth.reshape(len(frame), -1)
-    order = np.lexsort((frame, video))  # stable: a frame's entries keep the rows' order
-    v_sorted, f_sorted = video[order], frame[order]
+    # One int64 key (video, frame), sorted stably: a frame's entries keep the rows' order, and rows mostly come in
+    # order already. Intermediates are dropped as soon as they are used: memory stays a few arrays of the entries.
+    low = int(frame.min()) if len(frame) else 0
+    span = int(frame.max()) - low + 1 if len(frame) else 1
+    key = np.repeat(codes.astype(np.int64), lengths)
+    key *= span
+    key += frame - low
+    order = np.argsort(key, kind="stable")
+    key = key[order]
     first = np.ones(len(order), bool)
-    first[1:] = (v_sorted[1:] != v_sorted[:-1]) | (f_sorted[1:] != f_sorted[:-1])
-    group = np.cumsum(first) - 1  # per sorted entry
+    first[1:] = key[1:] != key[:-1]
+    group = np.cumsum(first, dtype=np.int32) - 1  # per sorted entry
     groups = int(first.sum())
+    g_video = (key[first] // span).astype(np.int32)
+    g_frame = frame[order[first]]
+    del key, frame
     head = order[first]  # the first entry of each (video, frame): its truth is the frame's
     truth_of_group = truth[head]
     differs = truth[order] != truth_of_group[group]
@@ -110,57 +119,78 @@ def map_to_frames(rows, predictions: dict[str, dict], task: str, labels: tuple[s
     if differs.any():
         bad = int(order[differs].min())  # the first disagreement in the rows' order
         g = int(group[np.flatnonzero(order == bad)[0]])
-        earlier, later = rows[int(row_of[head[g]])]["id"], rows[int(row_of[bad])]["id"]
-        raise ValueError(f"samples {earlier!r} and {later!r} disagree on the label of frame {frame[bad]} of "
-                         f"{names[video[bad]]}")  # fmt: skip
+        row_of = lambda e: rows[int(np.searchsorted(offsets, e, side="right")) - 1]  # noqa: E731
+        raise ValueError(f"samples {row_of(head[g])['id']!r} and {row_of(bad)['id']!r} disagree on the label of "
+                         f"frame {g_frame[g]} of {names[g_video[g]]}")  # fmt: skip
+    del differs, truth, head
     has_row, value_row, prob_row = _per_row_votes(rows, predictions, task, labels)
-    voted = has_row[row_of[order]]
-    g_votes, rows_votes = group[voted], row_of[order][voted]
+    row_sorted = np.repeat(np.arange(len(rows), dtype=np.int32), lengths)[order]
+    del order
+    voted = has_row[row_sorted]
+    g_votes, rows_votes = group[voted], row_sorted[voted]
+    del row_sorted, voted, group
     n_votes = np.bincount(g_votes, minlength=groups)
     has = n_votes > 0
-    probability = _group_sums(g_votes, prob_row[rows_votes], groups)
     if task in ("expr", "ah"):
+        # (frame, class) pairs with their vote counts and summed probabilities (added in the rows' order); per
+        # frame the pair with the most votes, then the larger sum, then the smaller class. Memory: one entry per
+        # vote, never frames x classes.
         k = len(labels) if task == "expr" else 2
-        values = value_row[rows_votes]
-        tally = np.bincount(g_votes * k + values, minlength=groups * k).reshape(groups, k)
-        sums = np.bincount(g_votes * k + values, weights=prob_row[rows_votes], minlength=groups * k)
-        sums = sums.reshape(groups, k)
-        most = tally == tally.max(axis=1, keepdims=True)
-        pred = np.argmax(np.where(most & (tally > 0), sums, -np.inf), axis=1).astype(np.int64)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            if task == "expr":  # the mean probability of the votes for the winning class
-                score = sums[np.arange(groups), pred] / tally[np.arange(groups), pred]
-            else:  # the mean probability given to "present" over the votes
-                present = np.where(values == 1, prob_row[rows_votes], 1.0 - prob_row[rows_votes])
+        pred = np.zeros(groups, np.int64)
+        score = np.zeros(groups, np.float64)
+        single = n_votes[g_votes] == 1  # most frames: one clip's vote decides, with its own probability
+        pred[g_votes[single]] = value_row[rows_votes[single]]
+        score[g_votes[single]] = prob_row[rows_votes[single]]
+        g_many, r_many = g_votes[~single], rows_votes[~single]
+        pairs, inverse, tally = np.unique(g_many * k + value_row[r_many], return_inverse=True, return_counts=True)
+        sums = np.bincount(inverse, weights=prob_row[r_many], minlength=len(pairs))
+        pair_group, pair_class = pairs // k, pairs % k
+        best = np.lexsort((pair_class, -sums, -tally, pair_group))
+        firsts = np.ones(len(best), bool)
+        firsts[1:] = pair_group[best][1:] != pair_group[best][:-1]
+        winner = best[firsts]
+        pred[pair_group[winner]] = pair_class[winner]
+        score[pair_group[winner]] = sums[winner] / tally[winner]  # the mean probability of the winning votes
+        if task == "ah":  # the score ranks "present": the mean probability given to it over the votes
+            values = value_row[rows_votes]
+            present = np.where(values == 1, prob_row[rows_votes], 1.0 - prob_row[rows_votes])
+            with np.errstate(invalid="ignore", divide="ignore"):
                 score = np.bincount(g_votes, weights=present, minlength=groups) / n_votes
+        del single, g_many, r_many, pairs, inverse, tally, sums, pair_group, pair_class, best, firsts, winner
     else:
+        probability = _group_sums(g_votes, prob_row[rows_votes], groups)
         totals = _group_sums(g_votes, value_row[rows_votes].astype(np.float64), groups)
         with np.errstate(invalid="ignore", divide="ignore"):
             majority = (2 * totals >= n_votes[:, None]).astype(np.int64)  # per AU (ties: active)
             pred = majority if task == "au" else totals / n_votes[:, None]
             score = probability / n_votes
+    del g_votes, rows_votes
     # Frames without a vote: the nearest voted frame of the same video (ties: the earlier); else the default.
-    g_video, g_frame = v_sorted[first], f_sorted[first]
-    index = np.arange(groups)
-    before = np.maximum.accumulate(np.where(has, index, -1))
-    after = np.minimum.accumulate(np.where(has, index, groups)[::-1])[::-1]
-    ok_before = (before >= 0) & (g_video[np.clip(before, 0, None)] == g_video)
-    ok_after = (after < groups) & (g_video[np.clip(after, None, groups - 1)] == g_video)
-    b, a = np.clip(before, 0, None), np.clip(after, None, groups - 1)
-    take_after = ok_after & (~ok_before | ((g_frame[a] - g_frame) < (g_frame - g_frame[b])))
-    source = np.where(take_after, a, b)
-    found = ok_before | ok_after
     missing = ~has
-    fill = missing & found
-    pred[fill], score[fill] = pred[source[fill]], score[source[fill]]
+    index = np.arange(groups, dtype=np.int32)
+    b = np.maximum.accumulate(np.where(has, index, -1))  # the voted frame before (-1: none)
+    a = np.minimum.accumulate(np.where(has, index, groups)[::-1])[::-1]  # and after (groups: none)
+    del index
+    ok_before = b >= 0
+    np.clip(b, 0, None, out=b)
+    ok_before &= g_video[b] == g_video
+    ok_after = a < groups
+    np.clip(a, None, groups - 1, out=a)
+    ok_after &= g_video[a] == g_video
+    take_after = ok_after & (~ok_before | ((g_frame[a] - g_frame) < (g_frame - g_frame[b])))
+    found = ok_before | ok_after
+    fill = np.flatnonzero(missing & found)
+    source = np.where(take_after[fill], a[fill], b[fill])
+    del a, b, ok_before, ok_after, take_after
+    pred[fill], score[fill] = pred[source], score[source]
     none = missing & ~found  # a video with no answer at all
     pred[none], score[none] = _default(task)[0], 0.0
     counts = {"frames": groups, "filled": int(missing.sum()), "videos": len(names),
               "videos_unanswered": int(len(names) - len(np.unique(g_video[has])))}  # fmt: skip
     if window > 1:
         pred = _smooth(pred, g_video, task, window)
-    return Frames(names[g_video].tolist(), g_frame, truth_of_group, pred.astype(dtype), score.astype(np.float64),
-                  counts)  # fmt: skip
+    return Frames(names[g_video].tolist(), g_frame, truth_of_group, pred.astype(dtype, copy=False),
+                  score.astype(np.float64, copy=False), counts)  # fmt: skip
 
 
 def _default(task: str):
