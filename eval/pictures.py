@@ -106,6 +106,14 @@ CLASS_COLOURS = [(120, 120, 120), (220, 50, 47), (133, 153, 0), (108, 113, 196),
 INVALID = (235, 235, 235)
 
 
+def _class_legend(draw: ImageDraw.ImageDraw, left: float, y: float, labels) -> None:
+    """A swatch and the name of each class, 100 px apart."""
+    for k, label in enumerate(labels):
+        x0 = left + k * 100
+        draw.rectangle([x0, y, x0 + 12, y + 12], fill=CLASS_COLOURS[k % len(CLASS_COLOURS)])
+        _text(draw, (x0 + 16, y), label[:12])
+
+
 def timelines_picture(videos: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], task: str, labels: list[str],
                       width: int = 900) -> Image.Image:  # fmt: skip
     """One panel per video along its frames: for classes (expressions, A/H) a strip of the true class over a strip
@@ -147,10 +155,7 @@ def timelines_picture(videos: list[tuple[str, np.ndarray, np.ndarray, np.ndarray
     if task == "va":
         _text(draw, (left, y), "dark: annotation, blue: prediction; scale -1 (bottom) to 1 (top)")
     else:
-        for k, label in enumerate(labels):
-            x0 = left + k * 100
-            draw.rectangle([x0, y, x0 + 12, y + 12], fill=CLASS_COLOURS[k % len(CLASS_COLOURS)])
-            _text(draw, (x0 + 16, y), label[:12])
+        _class_legend(draw, left, y, labels)
     return image
 
 
@@ -233,8 +238,5 @@ def live_timeline_picture(answers: list[dict], task: str, labels: list[str], hop
     elif task == "au":
         _text(draw, (left, y), "a filled cell: the AU was answered active; dark face strip: a face was seen")
     else:
-        for k, label in enumerate(labels):
-            x0 = left + k * 100
-            draw.rectangle([x0, y, x0 + 12, y + 12], fill=CLASS_COLOURS[k % len(CLASS_COLOURS)])
-            _text(draw, (x0 + 16, y), label[:12])
+        _class_legend(draw, left, y, labels)
     return image
