@@ -456,6 +456,22 @@ class EmoReasonProcessor:
         return limits.access.local(source) if isinstance(source, str) else source
 
     @staticmethod
+    def _count_parts(messages, limits: _Limits) -> None:
+        """Too many media parts are refused before the first is read (each may cost a decode and a face search)."""
+        most = limits.access.max_parts
+        if most is None:
+            return
+        parts = sum(
+            1
+            for m in messages
+            if isinstance(m, dict) and isinstance(m.get("content"), list)
+            for part in m["content"]
+            if isinstance(part, dict) and PART_MEDIA.get(part.get("type"), "text") != "text"
+        )
+        if parts > most:
+            refuse(f"a conversation may hold at most {most} media parts")
+
+    @staticmethod
     def _check_stop(limits: _Limits) -> None:
         if limits.should_stop is not None and limits.should_stop():
             raise ProcessingStopped("stopped by the caller")
@@ -582,6 +598,7 @@ class EmoReasonProcessor:
             refuse(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         ids, labels, all_media = [], [], _Media()
         for c, messages in enumerate(conversations):
+            self._count_parts(messages, request)
             media = _Media()
             rendered = [
                 self._render_message(m, f"conversation {c}, message {i}", media, request)

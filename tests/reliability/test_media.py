@@ -290,3 +290,15 @@ def test_faces_cli_refuses_bad_media(cli, tmp_path, media, name, make, pattern):
     assert pattern in line, line
     if before is not None:
         assert checksums(path) == before
+
+
+def test_too_many_media_parts_are_refused_before_any_is_read(tiny_processor, astronaut_png, tmp_path):
+    """The ninth part is refused before the first is decoded or searched for a face: a request of many parts costs
+    nothing (the first part here names a file that does not exist; reading it would fail first)."""
+    from mllm.parts import MediaAccess, ProcessorInputError
+
+    parts = [{"type": "image", "image": str(tmp_path / "missing.png")}] + [
+        {"type": "image", "image": str(astronaut_png)}
+    ] * 8  # fmt: skip
+    with pytest.raises(ProcessorInputError, match="at most 8 media parts"):
+        tiny_processor([[{"role": "user", "content": parts}]], access=MediaAccess(max_parts=8))
