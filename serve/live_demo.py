@@ -109,11 +109,32 @@ def _smaller(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., :3])).resize(size, Image.BILINEAR))
 
 
-def add_live_tab(engine, names: list[str], labels_of, limits, counter=None, upload_folder=None):
+async def take_audio_chunk(tabs: LiveTabs, chunk, task: str, model, key: str, upload_folder) -> None:
+    """A microphone chunk Gradio wrote into this server's upload folder: read into the tab's session, then
+    deleted (the server keeps nothing of a request). Anything else it names is neither read nor deleted."""
+    from mllm.media import load_audio
+    from serve.demo_common import uploaded_file
+
+    if not chunk or uploaded_file(chunk, upload_folder) is not None:
+        return  # not this server's upload: never read, never removed
+    try:
+        tab = tabs.tabs.get(key)
+        if tab is not None and (tab.task, tab.model) == (task, model):  # the camera starts a session
+            audio = await asyncio.to_thread(load_audio, chunk)
+            t = tabs.clock() - tab.t0 - len(audio.samples) / audio.sample_rate
+            tab.session.add_audio(max(0.0, t), audio.samples)
+    except Exception:  # noqa: BLE001 - a chunk that does not decode is one chunk of sound lost, not the session
+        pass
+    finally:  # the server keeps nothing of a request
+        with contextlib.suppress(OSError):
+            os.unlink(chunk)
+            os.rmdir(os.path.dirname(chunk))
+
+
+def add_live_tab(engine, names: list[str], labels_of, limits, counter, upload_folder):
     """The Live tab's components and events (call inside a `gr.Blocks`). `labels_of(model)`: the expression
     labels of a served model, for the timeline's legend."""
-    from mllm.media import load_audio
-    from serve.demo_common import TASK_CHOICES, uploaded_file
+    from serve.demo_common import TASK_CHOICES
 
     tabs = LiveTabs(engine, limits, counter)
 
@@ -160,23 +181,7 @@ def add_live_tab(engine, names: list[str], labels_of, limits, counter=None, uplo
         return answer_markdown(latest, tab.session.stats), (f"**Reasoning:** {think}" if think else ""), picture
 
     async def on_audio(chunk, task, model, request: gr.Request):
-        if not chunk:
-            return
-        try:
-            if upload_folder is not None and uploaded_file(chunk, upload_folder) is not None:
-                return  # not this server's upload: never read
-            tab = tabs.tabs.get(request.session_hash)
-            if tab is None or (tab.task, tab.model) != (task, model):
-                return  # the camera starts a session; sound without it has no window
-            audio = await asyncio.to_thread(load_audio, chunk)
-            t = tabs.clock() - tab.t0 - len(audio.samples) / audio.sample_rate
-            tab.session.add_audio(max(0.0, t), audio.samples)
-        except Exception:  # a chunk that does not decode is one chunk of sound lost, not the session
-            return
-        finally:  # the server keeps nothing of a request
-            with contextlib.suppress(OSError, TypeError):
-                os.unlink(chunk)
-                os.rmdir(os.path.dirname(chunk))
+        await take_audio_chunk(tabs, chunk, task, model, request.session_hash, upload_folder)
 
     def on_stop(request: gr.Request):
         tabs.end(request.session_hash)

@@ -339,3 +339,24 @@ def test_the_live_timeline_draws_each_task_and_leaves_unanswered_time_pale(task)
     # the whole session, as `watch` draws it, and an empty one
     assert live_timeline_picture(answers, task, labels).size[0] > 900
     assert live_timeline_picture([], task, labels).size[0] > 900
+
+
+def test_a_microphone_chunk_outside_the_upload_folder_is_neither_read_nor_deleted(tiny_processor, tmp_path):
+    from serve.live_api import LiveLimits
+    from serve.live_demo import LiveTabs, take_audio_chunk
+
+    uploads = (tmp_path / "uploads").resolve()
+    (uploads / "h").mkdir(parents=True)
+    mine = tmp_path / "mine.wav"
+    synthetic.write_audio(mine, synthetic.tone(440, 0.5))
+    link = uploads / "h" / "link.wav"
+    link.symlink_to(mine)
+    tabs = LiveTabs(SlowEngine(tiny_processor, 0), LiveLimits())
+    tabs.tab("k", "expr", None)
+    for named in (mine, link, "/etc/passwd"):
+        asyncio.run(take_audio_chunk(tabs, str(named), "expr", None, "k", uploads))
+    assert mine.is_file() and link.is_symlink() and os.path.isfile("/etc/passwd")
+    assert tabs.tabs["k"].session.kept_bytes() == 0
+    chunk = synthetic.write_audio(uploads / "h" / "audio.wav", synthetic.tone(440, 0.5))  # Gradio's upload
+    asyncio.run(take_audio_chunk(tabs, str(chunk), "expr", None, "k", uploads))
+    assert not chunk.exists() and tabs.tabs["k"].session.kept_bytes() > 0  # read, then deleted
