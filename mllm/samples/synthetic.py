@@ -231,12 +231,18 @@ def camera_frames(
     face_height_fraction: float = 0.6,
     noise: float = 5.0,
     seed: int = 0,
+    talking: bool = False,
 ):
     """Yield `n` frames (height, width, 3) of the astronaut in front of a real scene (`skimage.data.rocket()`),
     filmed as a handheld camera films: per-frame sensor noise (luma sigma `noise`, chroma half that), a shaky
     camera (a few pixels of random walk), lighting and white balance drifting, the head swaying and tilting by up to
     6 degrees. During `absent` the subject is out of shot: they walk off to the side over the half second before
-    and come back over the half second after. A generator, so long clips are never held in memory."""
+    and come back over the half second after. A generator, so long clips are never held in memory.
+
+    `talking`: a person talking into a webcam or a phone held at arm's length (use `face_height_fraction` 1 or more:
+    the face then fills a third of the frame or more): the jaw opens and closes at syllable rate, the head tilts by
+    up to 15 degrees (past the 10 at which the tracker turns the face upright), turns (the face narrowing by up to
+    12%), nods, and comes closer and further (10%)."""
     from skimage import data
 
     height, width = size
@@ -262,8 +268,10 @@ def camera_frames(
             elif absent.stop <= i < absent.stop + walk:
                 away = 1.0 - (i - absent.stop + 1) / walk
         if away < 1.0:
-            roll = 6.0 * np.sin(2 * np.pi * t / 4.0)
-            head = np.asarray(patch.rotate(roll, resample=Image.BILINEAR, fillcolor=(96, 96, 96)), dtype=np.float32)
+            roll = (15.0 if talking else 6.0) * np.sin(2 * np.pi * t / 4.0)
+            face = _talking(patch, t) if talking else patch
+            head = np.asarray(face.rotate(roll, resample=Image.BILINEAR, fillcolor=(96, 96, 96)), dtype=np.float32)
+            pw, ph = face.size
             x = round((width - pw) / 2 + 0.12 * width * np.sin(2 * np.pi * t / 6.0) + away * (width + pw) / 2)
             x += sx - margin
             y = round((height - ph) / 2 + 0.03 * height * np.cos(2 * np.pi * t / 5.0)) + sy - margin
@@ -275,6 +283,23 @@ def camera_frames(
         frame += rng.standard_normal((height, width, 1), dtype=np.float32) * noise
         frame += rng.standard_normal((height, width, 3), dtype=np.float32) * (noise / 2)
         yield np.clip(frame, 0, 255).astype(np.uint8)
+
+
+def _talking(patch: Image.Image, t: float) -> Image.Image:
+    """The head-and-shoulders patch at time `t` of someone talking: the jaw (everything below the mouth's line)
+    dropped by up to 7% of the head's height at about 4 syllables a second, the face narrowed as the head turns,
+    stretched as it nods, and scaled as it comes closer or further."""
+    width, height = patch.size
+    mouth = round(0.5 * height)  # the astronaut's mouth line in the patch
+    jaw = 0.07 * height * max(0.0, np.sin(2 * np.pi * 4.1 * t) * np.sin(2 * np.pi * 0.7 * t))
+    lower = patch.crop((0, mouth, width, height)).resize((width, height - mouth + round(jaw)), Image.BILINEAR)
+    opened = Image.new("RGB", (width, height))
+    opened.paste(patch.crop((0, 0, width, mouth)), (0, 0))
+    opened.paste(lower.crop((0, 0, width, height - mouth)), (0, mouth))
+    turn = 1.0 - 0.12 * abs(np.sin(2 * np.pi * t / 3.3))
+    nod = 1.0 + 0.05 * np.sin(2 * np.pi * t / 2.1)
+    near = 1.0 + 0.1 * np.sin(2 * np.pi * t / 5.7)
+    return opened.resize((max(1, round(width * turn * near)), max(1, round(height * nod * near))), Image.BILINEAR)
 
 
 # x264 as a phone or a web upload leaves it: High profile, CABAC, B-frames, a keyframe every 2 s, quality-based
@@ -291,6 +316,8 @@ def write_camera_video(
     absent: range | None = None,
     seed: int = 0,
     noise: float = 5.0,
+    face_height_fraction: float = 0.6,
+    talking: bool = False,
 ) -> Path:
     """An h264 .mp4 of `camera_frames(...)`, encoded frame by frame (memory stays flat however long the clip)."""
     path = Path(path)
@@ -299,7 +326,10 @@ def write_camera_video(
         stream.height, stream.width = size
         stream.pix_fmt = "yuv420p"
         stream.options = {**CAMERA_X264, "g": str(round(2 * fps))}
-        for rgb in camera_frames(n, size, absent=absent, fps=fps, seed=seed, noise=noise):
+        frames = camera_frames(
+            n, size, absent, fps, face_height_fraction=face_height_fraction, noise=noise, seed=seed, talking=talking
+        )
+        for rgb in frames:
             out.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
         out.mux(stream.encode())
     return path
