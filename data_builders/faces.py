@@ -26,6 +26,8 @@ from pathlib import Path
 
 CHUNK = 4  # samples a worker takes at a time
 _processor = None  # the worker's own
+_method = "spawn"  # how the workers were started
+_LOADS = {"fork": "models loaded once, shared", "spawn": "each loads the models"}
 
 
 def add_arguments(sub) -> None:
@@ -68,16 +70,34 @@ def ledger_path(data: Path, processor, shard: tuple[int, int], splits: list[str]
     return default_cache_dir() / "prepared" / f"{hashlib.sha256(payload.encode()).hexdigest()}.done"
 
 
-def _init(model: str) -> None:
+def _init(model: str | None, workers: int = 1) -> None:
+    """A worker's start. Forked (Linux): the processor and dlib's models came loaded from the parent, so a worker
+    starts in milliseconds and the models are read once for all of them. Spawned: each loads its own."""
     import torch
 
+    import mllm.media
     from mllm.face import FaceCache
+    from mllm.face.landmarks import _dlib_models
     from mllm.processor import EmoReasonProcessor
 
     global _processor
-    torch.set_num_threads(1)
-    _processor = EmoReasonProcessor.from_pretrained(model)
-    _processor.face_cache = FaceCache()
+    torch.set_num_threads(1)  # one core a worker: the workers are the parallelism
+    # FFmpeg's own decoding threads (one per core) would fight the other workers for the cores.
+    mllm.media.DECODE_THREADS = max(1, (os.cpu_count() or 1) // workers)
+    if model is not None:
+        _processor = EmoReasonProcessor.from_pretrained(model)
+        _processor.face_cache = FaceCache()
+    _dlib_models()
+
+
+def _start_method() -> str:
+    """fork where the platform has it and this process runs no other Python thread (a fork copies only the
+    calling thread: a lock held by another would stay held in the child); spawn otherwise."""
+    import multiprocessing
+    import threading
+
+    forkable = "fork" in multiprocessing.get_all_start_methods() and threading.active_count() == 1
+    return "fork" if forkable else "spawn"
 
 
 def _work(samples: list[tuple[str, str]]) -> list[tuple[str, int, str | None, int, int]]:
@@ -96,9 +116,6 @@ def _work(samples: list[tuple[str, str]]) -> list[tuple[str, int, str | None, in
 
 
 def run(args) -> int:
-    from datasets import load_from_disk
-    from tqdm import tqdm
-
     from mllm.processor import EmoReasonProcessor
 
     data = Path(args.data)
@@ -108,6 +125,34 @@ def run(args) -> int:
         raise ValueError(f"--workers: between 1 and 256, got {args.workers}")
     shard = parse_shard(args.shard)
     processor = EmoReasonProcessor.from_pretrained(args.model)  # refused here, in one line, before any work
+    pool = _pool(args, processor)  # started before anything else here starts threads (see _start_method)
+    try:
+        return _prepare(args, data, shard, processor, pool)
+    finally:
+        pool.shutdown(cancel_futures=True)
+
+
+def _pool(args, processor) -> ProcessPoolExecutor:
+    import multiprocessing
+
+    from mllm.face import FaceCache
+
+    global _processor, _method
+    _method = method = _start_method()
+    if method == "fork":
+        _processor = processor
+        _processor.face_cache = FaceCache()
+        _init(None, args.workers)  # dlib's models, loaded here once and shared by every worker
+    pool = ProcessPoolExecutor(args.workers, multiprocessing.get_context(method), _init,
+                               (None if method == "fork" else args.model, args.workers))  # fmt: skip
+    pool.submit(int).result()  # every worker starts now (a fork pool starts them all at the first task)
+    return pool
+
+
+def _prepare(args, data: Path, shard: tuple[int, int], processor, pool: ProcessPoolExecutor) -> int:
+    from datasets import load_from_disk
+    from tqdm import tqdm
+
     splits = load_from_disk(str(data))
     chosen = args.split or sorted(splits)
     for name in chosen:
@@ -122,19 +167,15 @@ def run(args) -> int:
     done = set(ledger.read_text().split("\n")) if ledger.is_file() else set()
     todo = [s for s in samples if s[0] not in done]
     print(f"{data}: {len(samples)} samples in shard {shard[0]}/{shard[1]}, {len(samples) - len(todo)} done before; "
-          f"{len(todo)} to go on {args.workers} workers", file=sys.stderr)  # fmt: skip
+          f"{len(todo)} to go on {args.workers} workers ({_method}: {_LOADS[_method]})", file=sys.stderr)  # fmt: skip
     ledger.parent.mkdir(parents=True, exist_ok=True)
     problems, hits, misses, frames = [], 0, 0, 0
     started = time.monotonic()
-    import multiprocessing
-
     chunks = [todo[i : i + CHUNK] for i in range(0, len(todo), CHUNK)]
     expected = sum(processor.frames_per_clip if ('"video' in p or '"frames"' in p) else 1 for _, p in todo)
     bar = tqdm(total=expected, unit="frame", desc="faces", dynamic_ncols=True,
                file=sys.stderr, smoothing=0.1)  # fmt: skip
-    context = multiprocessing.get_context("spawn")  # torch and dlib hold threads a fork would copy mid-flight
-    pool = ProcessPoolExecutor(args.workers, context, _init, (args.model,))
-    with open(ledger, "a", encoding="utf-8") as log, pool:
+    with open(ledger, "a", encoding="utf-8") as log:
         pending, queue = set(), iter(chunks)
         while True:
             while len(pending) < 2 * args.workers and (chunk := next(queue, None)) is not None:

@@ -28,6 +28,9 @@ AUDIO_SAMPLE_RATE = 16_000
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv"})
 AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"})
+# Threads FFmpeg decodes a video with: 0 lets it choose (about one per core). A process among several that share
+# the cores (`emoreason data faces --workers N`) sets 1.
+DECODE_THREADS = 0
 
 # Leading bytes of the containers we read. A file that starts like one of these but does not open is corrupt
 # (for example truncated); a file that starts like none of them is unsupported.
@@ -626,6 +629,8 @@ class _VideoDecode:
         self.vstream = container.streams.video[0]
         _check_frame_size(name, self.vstream.codec_context.width, self.vstream.codec_context.height, limits)
         self.vstream.thread_type = "AUTO"
+        if DECODE_THREADS:
+            self.vstream.thread_count = DECODE_THREADS
         self.astream = container.streams.audio[0] if (with_audio and container.streams.audio) else None
         self.t0 = _container_t0(container)
         self.duration = _container_duration(container, self.vstream)

@@ -61,6 +61,7 @@ def test_two_workers_fill_the_cache_the_collator_then_reads_without_tracking(tin
     code, _, err = _faces(dfew_data, tiny_dir / "emoreason", cache, "--workers", 2)
     assert code == 0, err[-3000:]
     assert f"{CLIPS} samples in shard 0/1, 0 done before" in err and "frames/s on 2 workers" in err
+    assert "2 workers (fork: models loaded once, shared)" in err  # started in milliseconds, not seconds
     assert f"face cache 0 hits, {CLIPS} computed; 0 failed" in err
     # The trainer's collator renders the same prompts with the same processor: every track is found in the cache.
     processor = EmoReasonProcessor.from_pretrained(tiny_dir / "emoreason")
@@ -129,3 +130,24 @@ def test_bad_input_is_one_line_and_a_sample_with_broken_media_is_named(tiny_dir,
     (root / "dfew" / "Clip" / "original" / "00002.mp4").write_bytes(b"not a video")
     code, _, err = _faces(root / "data", model, tmp_path / "c2")
     assert code == 1 and "00002" in err and f"{CLIPS - 1} samples" in err and "1 failed" in err, err[-2000:]
+
+
+def test_workers_are_forked_with_the_models_loaded_only_while_no_other_thread_runs():
+    """A fork copies only the calling thread (a lock another thread holds would stay held in the worker), so the
+    workers are forked, sharing the models the command loaded once, only when the command runs no other thread."""
+    import threading
+
+    from data_builders.faces import _start_method
+
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        assert _start_method() == "spawn"
+    finally:
+        release.set()
+        other.join()
+    code = "from data_builders.faces import _start_method as m; print(m())"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    alone = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
+    assert alone.stdout.strip() == "fork", alone.stderr[-2000:]
