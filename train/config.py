@@ -206,8 +206,13 @@ class GRPORecipe(GRPOConfig, EmoReasonOptions):
                 f"only 'colocate' (a vLLM engine in each training process) can be fed EmoReason's embeddings; "
                 f"got {self.vllm_mode!r} (TRL's vLLM server takes token ids and images only)",
             )
-        if self.vllm_tensor_parallel_size != 1:
-            raise RecipeError("vllm_tensor_parallel_size", "the rollout engine runs on one device per process: 1")
+        world = int(os.environ.get("WORLD_SIZE") or 1)
+        if self.vllm_tensor_parallel_size > 1 and world % self.vllm_tensor_parallel_size:
+            raise RecipeError(
+                "vllm_tensor_parallel_size",
+                f"{self.vllm_tensor_parallel_size} processes share one rollout engine, split across them: launch "
+                f"a multiple of that many (accelerate launch --num_processes); this run has {world}",
+            )
         if self.vllm_enable_sleep_mode:
             raise RecipeError("vllm_enable_sleep_mode", "not supported by EmoReason's rollouts (set it false)")
         if self.vllm_sync_steps < 1:

@@ -55,6 +55,10 @@ class EmoReasonGRPOTrainer(EmoReasonTrainerMixin, GRPOTrainer):
             composed = self.accelerator.unwrap_model(self.model).get_base_model()
             self.rollouts = VLLMRollouts(rollout_model, config, composed, self.accelerator)
 
+    def stage_report(self) -> dict:
+        """What the run's report records of this stage's sampling."""
+        return {"rollouts": self.rollouts.report if self.rollouts is not None else {"engine": "transformers"}}
+
     def train(self, *args, **kwargs):
         finished = False
         try:

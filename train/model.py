@@ -96,6 +96,7 @@ def run_stage(build_trainer, recipe, **report) -> Path | None:
         "weights_sha256_per_process": None
         if is_zero3(trainer)
         else gather_object([trained_weights_digest(trainer.model)]),
+        **(trainer.stage_report() if hasattr(trainer, "stage_report") else {}),
     }
     return write_final_model(trainer, processor, space, report)
 

@@ -20,6 +20,9 @@ Here, for each generation batch:
   truncation is not counted as a difference: sampling means what it means with transformers `generate`, where
   TRL takes the samples as the policy's.
 
+With `vllm_tensor_parallel_size: N` under a launcher, each N processes share one engine split across them (as TRL
+colocates): each generates the group's prompts, with per-request seeds equal across the group, and keeps its own.
+
 `OUTPUT_DIR/rollouts/` is removed when the run ends; a killed run leaves it for `--resume` to reuse.
 """
 
@@ -98,6 +101,31 @@ class VLLMRollouts:
         )
         extra = {}
         self.external_launcher = accelerator is not None and accelerator.num_processes > 1
+        self.tp = recipe.vllm_tensor_parallel_size
+        self.tp_group = None
+        self.seed, self.calls = recipe.seed, 0
+        if self.tp > 1:
+            processes = accelerator.num_processes if accelerator is not None else 1
+            if processes % self.tp:
+                raise ValueError(
+                    f"vllm_tensor_parallel_size {self.tp} must divide the launcher's {processes} processes (each "
+                    "group of that many processes shares one engine, split across them)"
+                )
+            # As TRL colocates: processes [0..tp), [tp..2tp), ... each share one engine split across them; every
+            # process in a group generates the group's prompts (seeded alike, so alike) and keeps its own share.
+            self.tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
+                [list(range(i, i + self.tp)) for i in range(0, processes, self.tp)]
+            )
+            extra["tensor_parallel_size"] = self.tp
+            if cpu and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
+                # vLLM's automatic binding wants a NUMA node per process; split this machine's cores instead.
+                cores = sorted(os.sched_getaffinity(0))
+                local = accelerator.num_processes // max(1, getattr(accelerator.state, "num_machines", 1) or 1)
+                size = max(1, len(cores) // local)
+                env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
+                    ",".join(map(str, cores[(i * size) % len(cores) : (i * size) % len(cores) + size]))
+                    for i in range(local)
+                )
         if self.external_launcher:
             # One engine per process, as TRL colocates: vLLM joins the launcher's processes, starting none.
             extra["distributed_executor_backend"] = "external_launcher"
@@ -117,6 +145,10 @@ class VLLMRollouts:
                 else:
                     os.environ[name] = value
         self.max_model_len = max_len
+        # What vLLM itself says it started (for the run's report).
+        parallel = self.llm.llm_engine.vllm_config.parallel_config
+        self.report = {"engine": "vllm", "tensor_parallel_size": parallel.tensor_parallel_size,
+                       "logprobs_mode": self.logprobs_mode}  # fmt: skip
 
     def _start(self, LLM, inputs, eager, max_len, recipe, extra):  # noqa: N803 (the class, passed in)
         from serve.engine import LORA_SLOTS
@@ -128,7 +160,7 @@ class VLLMRollouts:
             enforce_eager=eager,
             max_model_len=max_len,
             max_num_seqs=max(8, recipe.per_device_train_batch_size * recipe.steps_per_generation),
-            seed=recipe.seed + self.rank,
+            seed=recipe.seed + self.rank // self.tp,  # a tensor-parallel group samples alike
             enable_lora=True,
             max_lora_rank=next((r for r in LORA_SLOTS if r >= recipe.lora_r), recipe.lora_r),
             max_loras=1,
@@ -195,12 +227,29 @@ class VLLMRollouts:
         inputs: `serve.engine.Prompt.inputs`)."""
         import math
 
+        own = len(prompts)
+        if self.tp_group is not None:
+            import torch
+
+            gathered = [None] * self.tp
+            torch.distributed.all_gather_object(gathered, prompts, group=self.tp_group)
+            before = sum(len(part) for part in gathered[: torch.distributed.get_rank(group=self.tp_group)])
+            prompts = [p for part in gathered for p in part]
         for p in prompts:
             if p.tokens + params.max_tokens > self.max_model_len:
                 raise ValueError(
                     f"a prompt of {p.tokens} tokens and max_completion_length {params.max_tokens} exceed "
                     f"vllm_max_model_length {self.max_model_len}"
                 )
+        if self.tp_group is not None:
+            # Every process of the group runs the same batch and must sample the same tokens (each feeds its own to
+            # the next step's shared computation); the global random state differs between training processes, so
+            # each request gets its own seed, the same on every process of the group.
+            self.calls += 1
+            base = self.seed * 1_000_003 + self.calls * 10_007
+            params = [params.clone() for _ in prompts]
+            for i, p in enumerate(params):
+                p.seed = base + i
         outputs = self.llm.generate(
             [p.inputs for p in prompts],
             sampling_params=params,
@@ -213,6 +262,8 @@ class VLLMRollouts:
             ids.append(list(piece.token_ids))
             lps = [lp[t].logprob for lp, t in zip(piece.logprobs or [], piece.token_ids, strict=True)]
             logprobs.append([float("nan") if math.isnan(x) else float(x) for x in lps])
+        if self.tp_group is not None:
+            ids, logprobs = ids[before : before + own], logprobs[before : before + own]
         return ids, logprobs
 
     def close(self, remove: bool = True) -> None:

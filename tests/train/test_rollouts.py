@@ -244,3 +244,62 @@ def test_two_processes_under_accelerate_launch_each_roll_out_in_their_own_vllm(t
     assert len(digests) == 2 and digests[0] == digests[1]
     assert any("sampling/sampling_logp_difference/mean" in h for h in report["log_history"])
     assert not (out / "rollouts").exists() and not list(out.rglob("*.emoreason-tmp-*"))
+
+
+def _two_prompts(out: Path, video, photo) -> Path:
+    """Two samples whose prompts differ (a clip with speech, a photograph), one for each process."""
+    from data_builders.cot import build_target
+    from data_builders.schema import Sample, write_dataset
+    from mllm.labels import label_space
+    from mllm.output import question
+
+    samples = []
+    for i, (kind, media, label, aus) in enumerate((("video", video, "Happiness", ["AU6", "AU12"]),
+                                                   ("image", photo, "Sadness", ["AU1", "AU4", "AU15"]))):  # fmt: skip
+        sample = Sample(id=f"abaw/train/s{i}", dataset="abaw", split="train", task="expr", expression=label,
+                        aus=aus, **{kind: str(media)})  # fmt: skip
+        text = {"type": "text", "text": question("expr", label_space("abaw_expr"))}
+        sample.prompt = [{"role": "user", "content": [{"type": kind, kind: str(media)}, text]}]
+        sample.target, sample.target_grounding = build_target(sample.id, "expr", label, aus)
+        samples.append(sample)
+    write_dataset(samples, out, files={"build_report.json": json.dumps({"dataset": "abaw", "options": {}})})
+    return out
+
+
+def test_two_processes_share_one_rollout_engine_split_across_them_with_tensor_parallelism(
+    tiny_dir, video_with_audio, astronaut_png, tmp_path
+):
+    """`vllm_tensor_parallel_size: 2` under a 2-process launch, as TRL colocates: the two processes hold one engine
+    split across them (on CPU, each on its own core), each generates both processes' prompts (a clip on one, a
+    photograph on the other) and keeps its own: the log-probabilities the split engine returns are the trainer's
+    own for the completions it scores."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    av_data = _two_prompts(tmp_path / "data", video_with_audio, astronaut_png)
+
+    repo = Path(__file__).resolve().parents[2]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    out = tmp_path / "tp"
+    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+              "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
+    args = _args(tiny_dir / "emoreason", av_data, out, "--max_steps", 2, "--save_steps", 2, "--num_generations", 2,
+                 "--per_device_train_batch_size", 2, "--max_completion_length", 8,
+                 "--vllm_tensor_parallel_size", 2)  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
+    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "mllm.cli", "train",
+                           "grpo", *args], cwd=repo, env=env, capture_output=True, text=True)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads((out / "model" / "train_report.json").read_text())
+    assert report["rollouts"]["tensor_parallel_size"] == 2  # vLLM's own account of the engine it started
+    assert report["processes"] == 2 and report["global_step"] == 2
+    digests = report["weights_sha256_per_process"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    differences = [h["sampling/sampling_logp_difference/mean"] for h in report["log_history"]
+                   if "sampling/sampling_logp_difference/mean" in h]  # fmt: skip
+    assert differences and max(differences) < 1e-3, differences
+    assert not (out / "rollouts").exists() and not list(out.rglob("*.emoreason-tmp-*"))
