@@ -112,7 +112,7 @@ class VLLMRollouts:
                     "group of that many processes shares one engine, split across them)"
                 )
             # As TRL colocates: processes [0..tp), [tp..2tp), ... each share one engine split across them; every
-            # process in a group generates the group's prompts (seeded alike, so alike) and keeps its own share.
+            # process in a group generates the group's prompts (see `generate`) and keeps its own share.
             self.tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
                 [list(range(i, i + self.tp)) for i in range(0, processes, self.tp)]
             )
@@ -120,7 +120,7 @@ class VLLMRollouts:
             if cpu and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
                 # vLLM's automatic binding wants a NUMA node per process; split this machine's cores instead.
                 cores = sorted(os.sched_getaffinity(0))
-                local = accelerator.num_processes // max(1, getattr(accelerator.state, "num_machines", 1) or 1)
+                local = int(os.environ.get("LOCAL_WORLD_SIZE") or accelerator.num_processes)  # on this machine
                 size = max(1, len(cores) // local)
                 env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
                     ",".join(map(str, cores[(i * size) % len(cores) : (i * size) % len(cores) + size]))

@@ -217,9 +217,8 @@ def test_a_base_vllm_cannot_serve_is_refused_in_one_line(tiny_qwen3_5_dir, av_da
     assert "Traceback" not in err and not out.exists()  # the run folder it made is taken back
 
 
-def test_two_processes_under_accelerate_launch_each_roll_out_in_their_own_vllm(tiny_dir, av_data, tmp_path):
-    """`accelerate launch` with 2 processes (gloo on CPU): one vLLM engine per process, every process ends with the
-    same weights, and the run folder keeps nothing of vLLM's."""
+def _launch_two(model, data, out: Path, *extra) -> dict:
+    """A 2-step GRPO run with vLLM rollouts under `accelerate launch` with 2 processes (gloo on CPU); its report."""
     import os
     import socket
     import subprocess
@@ -229,11 +228,10 @@ def test_two_processes_under_accelerate_launch_each_roll_out_in_their_own_vllm(t
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = str(s.getsockname()[1])
-    out = tmp_path / "ddp"
     launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
               "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
-    args = _args(tiny_dir / "emoreason", av_data, out, "--max_steps", 2, "--save_steps", 2, "--num_generations", 2,
-                 "--per_device_train_batch_size", 2, "--max_completion_length", 8)  # fmt: skip
+    args = _args(model, data, out, "--max_steps", 2, "--save_steps", 2, "--num_generations", 2,
+                 "--per_device_train_batch_size", 2, "--max_completion_length", 8, *extra)  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
     done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "mllm.cli", "train",
                            "grpo", *args], cwd=repo, env=env, capture_output=True, text=True)  # fmt: skip
@@ -241,9 +239,17 @@ def test_two_processes_under_accelerate_launch_each_roll_out_in_their_own_vllm(t
     report = json.loads((out / "model" / "train_report.json").read_text())
     assert report["processes"] == 2 and report["global_step"] == 2
     digests = report["weights_sha256_per_process"]
-    assert len(digests) == 2 and digests[0] == digests[1]
-    assert any("sampling/sampling_logp_difference/mean" in h for h in report["log_history"])
+    assert len(digests) == 2 and digests[0] == digests[1]  # every process ends with the same weights
     assert not (out / "rollouts").exists() and not list(out.rglob("*.emoreason-tmp-*"))
+    return report
+
+
+def test_two_processes_under_accelerate_launch_each_roll_out_in_their_own_vllm(tiny_dir, av_data, tmp_path):
+    """`accelerate launch` with 2 processes (gloo on CPU): one vLLM engine per process, every process ends with the
+    same weights, and the run folder keeps nothing of vLLM's."""
+    report = _launch_two(tiny_dir / "emoreason", av_data, tmp_path / "ddp")
+    assert report["rollouts"]["tensor_parallel_size"] == 1
+    assert any("sampling/sampling_logp_difference/mean" in h for h in report["log_history"])
 
 
 def _two_prompts(out: Path, video, photo) -> Path:
@@ -273,33 +279,9 @@ def test_two_processes_share_one_rollout_engine_split_across_them_with_tensor_pa
     split across them (on CPU, each on its own core), each generates both processes' prompts (a clip on one, a
     photograph on the other) and keeps its own: the log-probabilities the split engine returns are the trainer's
     own for the completions it scores."""
-    import os
-    import socket
-    import subprocess
-    import sys
-
-    av_data = _two_prompts(tmp_path / "data", video_with_audio, astronaut_png)
-
-    repo = Path(__file__).resolve().parents[2]
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = str(s.getsockname()[1])
-    out = tmp_path / "tp"
-    launch = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-              "--dynamo_backend", "no", "--main_process_port", port]  # fmt: skip
-    args = _args(tiny_dir / "emoreason", av_data, out, "--max_steps", 2, "--save_steps", 2, "--num_generations", 2,
-                 "--per_device_train_batch_size", 2, "--max_completion_length", 8,
-                 "--vllm_tensor_parallel_size", 2)  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(repo)}
-    done = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", *launch, "-m", "mllm.cli", "train",
-                           "grpo", *args], cwd=repo, env=env, capture_output=True, text=True)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
-    report = json.loads((out / "model" / "train_report.json").read_text())
+    data = _two_prompts(tmp_path / "data", video_with_audio, astronaut_png)
+    report = _launch_two(tiny_dir / "emoreason", data, tmp_path / "tp", "--vllm_tensor_parallel_size", 2)
     assert report["rollouts"]["tensor_parallel_size"] == 2  # vLLM's own account of the engine it started
-    assert report["processes"] == 2 and report["global_step"] == 2
-    digests = report["weights_sha256_per_process"]
-    assert len(digests) == 2 and digests[0] == digests[1]
     differences = [h["sampling/sampling_logp_difference/mean"] for h in report["log_history"]
                    if "sampling/sampling_logp_difference/mean" in h]  # fmt: skip
     assert differences and max(differences) < 1e-3, differences
-    assert not (out / "rollouts").exists() and not list(out.rglob("*.emoreason-tmp-*"))
