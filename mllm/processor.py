@@ -221,15 +221,23 @@ class EmoReasonProcessor:
 
     @classmethod
     def from_pretrained(cls, directory, **overrides) -> EmoReasonProcessor:
-        from transformers import AutoTokenizer, Wav2Vec2FeatureExtractor
+        from transformers import AutoTokenizer, PretrainedConfig, Wav2Vec2FeatureExtractor
 
         directory = Path(directory)
         settings_file = directory / PROCESSOR_FILE
         if not settings_file.exists():
             raise FileNotFoundError(f"{settings_file}: not an EmoReason processor folder")
         settings = {**json.loads(settings_file.read_text()), **overrides}
+        # Our config.json is one AutoConfig knows only once the model package is imported; when the tokenizer names
+        # its own class, a plain config spares transformers' fallback and the warning it prints on every load.
+        try:
+            declared = "tokenizer_class" in json.loads((directory / "tokenizer_config.json").read_text())
+        except (OSError, ValueError, TypeError):
+            declared = False  # AutoTokenizer then reads the folder itself, and names what is wrong with it
         return cls(
-            tokenizer=AutoTokenizer.from_pretrained(str(directory)),
+            tokenizer=AutoTokenizer.from_pretrained(
+                str(directory), **({"config": PretrainedConfig()} if declared else {})
+            ),
             feature_extractor=Wav2Vec2FeatureExtractor.from_pretrained(str(directory)),
             **settings,
         )
