@@ -109,13 +109,22 @@ def _smaller(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(rgb[..., :3])).resize(size, Image.BILINEAR))
 
 
+def _written_by_gradio(path: str, folder) -> bool:
+    """Gradio writes each upload as FOLDER/<sha256 hex>/<name>: only such a file is this server's to delete (an
+    operator's GRADIO_TEMP_DIR may hold files of their own, and the upload folder itself is never removed)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    name = os.path.basename(parent)
+    return os.path.dirname(parent) == str(folder) and len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
 async def take_audio_chunk(tabs: LiveTabs, chunk, task: str, model, key: str, upload_folder) -> None:
     """A microphone chunk Gradio wrote into this server's upload folder: read into the tab's session, then
-    deleted (the server keeps nothing of a request). Anything else it names is neither read nor deleted."""
+    deleted with its hash folder (the server keeps nothing of a request). Anything else it names is neither read
+    nor deleted."""
     from mllm.media import load_audio
     from serve.demo_common import uploaded_file
 
-    if not chunk or uploaded_file(chunk, upload_folder) is not None:
+    if not chunk or uploaded_file(chunk, upload_folder) is not None or not _written_by_gradio(chunk, upload_folder):
         return  # not this server's upload: never read, never removed
     try:
         tab = tabs.tabs.get(key)

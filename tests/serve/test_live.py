@@ -346,17 +346,24 @@ def test_a_microphone_chunk_outside_the_upload_folder_is_neither_read_nor_delete
     from serve.live_demo import LiveTabs, take_audio_chunk
 
     uploads = (tmp_path / "uploads").resolve()
-    (uploads / "h").mkdir(parents=True)
+    hashed = uploads / ("0f" * 32)  # Gradio writes an upload as FOLDER/<sha256 hex>/<name>
+    hashed.mkdir(parents=True)
     mine = tmp_path / "mine.wav"
     synthetic.write_audio(mine, synthetic.tone(440, 0.5))
-    link = uploads / "h" / "link.wav"
+    link = hashed / "link.wav"
     link.symlink_to(mine)
+    # the operator's own files in the upload folder (GRADIO_TEMP_DIR may be theirs), outside Gradio's layout
+    loose = synthetic.write_audio(uploads / "loose.wav", synthetic.tone(440, 0.5))
+    (uploads / "theirs").mkdir()
+    theirs = synthetic.write_audio(uploads / "theirs" / "take.wav", synthetic.tone(440, 0.5))
     tabs = LiveTabs(SlowEngine(tiny_processor, 0), LiveLimits())
     tabs.tab("k", "expr", None)
-    for named in (mine, link, "/etc/passwd"):
+    for named in (mine, link, "/etc/passwd", loose, theirs):
         asyncio.run(take_audio_chunk(tabs, str(named), "expr", None, "k", uploads))
     assert mine.is_file() and link.is_symlink() and os.path.isfile("/etc/passwd")
+    assert loose.is_file() and theirs.is_file() and uploads.is_dir()
     assert tabs.tabs["k"].session.kept_bytes() == 0
-    chunk = synthetic.write_audio(uploads / "h" / "audio.wav", synthetic.tone(440, 0.5))  # Gradio's upload
+    link.unlink()
+    chunk = synthetic.write_audio(hashed / "audio.wav", synthetic.tone(440, 0.5))  # Gradio's upload
     asyncio.run(take_audio_chunk(tabs, str(chunk), "expr", None, "k", uploads))
-    assert not chunk.exists() and tabs.tabs["k"].session.kept_bytes() > 0  # read, then deleted
+    assert not chunk.exists() and not hashed.exists() and tabs.tabs["k"].session.kept_bytes() > 0  # read, deleted
