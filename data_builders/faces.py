@@ -26,8 +26,7 @@ from pathlib import Path
 
 CHUNK = 4  # samples a worker takes at a time
 _processor = None  # the worker's own
-_method = "spawn"  # how the workers were started
-_LOADS = {"fork": "models loaded once, shared", "spawn": "each loads the models"}
+_LOADS = {"fork": "models loaded once, shared", "spawn": "each loads the models"}  # how workers start, said once
 
 
 def add_arguments(sub) -> None:
@@ -125,20 +124,20 @@ def run(args) -> int:
         raise ValueError(f"--workers: between 1 and 256, got {args.workers}")
     shard = parse_shard(args.shard)
     processor = EmoReasonProcessor.from_pretrained(args.model)  # refused here, in one line, before any work
-    pool = _pool(args, processor)  # started before anything else here starts threads (see _start_method)
+    method = _start_method()  # before anything else here starts threads
+    pool = _pool(args, processor, method)
     try:
-        return _prepare(args, data, shard, processor, pool)
+        return _prepare(args, data, shard, processor, pool, method)
     finally:
         pool.shutdown(cancel_futures=True)
 
 
-def _pool(args, processor) -> ProcessPoolExecutor:
+def _pool(args, processor, method: str) -> ProcessPoolExecutor:
     import multiprocessing
 
     from mllm.face import FaceCache
 
-    global _processor, _method
-    _method = method = _start_method()
+    global _processor
     if method == "fork":
         _processor = processor
         _processor.face_cache = FaceCache()
@@ -149,7 +148,7 @@ def _pool(args, processor) -> ProcessPoolExecutor:
     return pool
 
 
-def _prepare(args, data: Path, shard: tuple[int, int], processor, pool: ProcessPoolExecutor) -> int:
+def _prepare(args, data: Path, shard: tuple[int, int], processor, pool: ProcessPoolExecutor, method: str) -> int:
     from datasets import load_from_disk
     from tqdm import tqdm
 
@@ -167,7 +166,7 @@ def _prepare(args, data: Path, shard: tuple[int, int], processor, pool: ProcessP
     done = set(ledger.read_text().split("\n")) if ledger.is_file() else set()
     todo = [s for s in samples if s[0] not in done]
     print(f"{data}: {len(samples)} samples in shard {shard[0]}/{shard[1]}, {len(samples) - len(todo)} done before; "
-          f"{len(todo)} to go on {args.workers} workers ({_method}: {_LOADS[_method]})", file=sys.stderr)  # fmt: skip
+          f"{len(todo)} to go on {args.workers} workers ({method}: {_LOADS[method]})", file=sys.stderr)  # fmt: skip
     ledger.parent.mkdir(parents=True, exist_ok=True)
     problems, hits, misses, frames = [], 0, 0, 0
     started = time.monotonic()

@@ -29,7 +29,7 @@ IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".m4v", ".mov", ".avi", ".webm", ".mkv"})
 AUDIO_EXTENSIONS = frozenset({".wav", ".mp3", ".flac", ".m4a", ".aac", ".ogg", ".opus"})
 # Threads FFmpeg decodes a video with: 0 lets it choose (about one per core). A process among several that share
-# the cores (`emoreason data faces --workers N`) sets 1.
+# the cores (`emoreason data faces --workers N`) sets its share of them.
 DECODE_THREADS = 0
 
 # Leading bytes of the containers we read. A file that starts like one of these but does not open is corrupt

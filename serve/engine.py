@@ -209,10 +209,18 @@ def check_parallel(tensor: int, data: int, cpu: bool) -> dict:
             raise ValueError(f"--tensor-parallel-size {tensor}: this process may use {len(cores)} cores; on CPU each "
                              "part needs at least one")  # fmt: skip
         if not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
-            size = len(cores) // tensor
-            groups = [cores[i * size : (i + 1) * size] for i in range(tensor)]
-            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(",".join(map(str, g)) for g in groups)
+            os.environ["VLLM_CPU_OMP_THREADS_BIND"] = cpu_core_groups(tensor)
     return {"tensor_parallel_size": tensor, "data_parallel_size": data}
+
+
+def cpu_core_groups(n: int) -> str:
+    """The cores this process may use split into `n` equal groups, written as `VLLM_CPU_OMP_THREADS_BIND` takes
+    them ("0,1|2,3"; with more groups than cores, groups share cores round the list). vLLM's automatic binding wants a
+    NUMA node per worker, which small machines lack."""
+    cores = sorted(os.sched_getaffinity(0))
+    size = max(1, len(cores) // n)
+    starts = [(i * size) % len(cores) for i in range(n)]
+    return "|".join(",".join(map(str, cores[start : start + size])) for start in starts)
 
 
 class Engine:

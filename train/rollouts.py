@@ -104,13 +104,8 @@ class VLLMRollouts:
         self.tp = recipe.vllm_tensor_parallel_size
         self.tp_group = None
         self.seed, self.calls = recipe.seed, 0
-        if self.tp > 1:
-            processes = accelerator.num_processes if accelerator is not None else 1
-            if processes % self.tp:
-                raise ValueError(
-                    f"vllm_tensor_parallel_size {self.tp} must divide the launcher's {processes} processes (each "
-                    "group of that many processes shares one engine, split across them)"
-                )
+        if self.tp > 1:  # the recipe checked that it divides the launched processes
+            processes = accelerator.num_processes
             # As TRL colocates: processes [0..tp), [tp..2tp), ... each share one engine split across them; every
             # process in a group generates the group's prompts (see `generate`) and keeps its own share.
             self.tp_group, _ = torch.distributed.new_subgroups_by_enumeration(
@@ -118,13 +113,11 @@ class VLLMRollouts:
             )
             extra["tensor_parallel_size"] = self.tp
             if cpu and not os.environ.get("VLLM_CPU_OMP_THREADS_BIND"):
-                # vLLM's automatic binding wants a NUMA node per process; split this machine's cores instead.
-                cores = sorted(os.sched_getaffinity(0))
-                local = int(os.environ.get("LOCAL_WORLD_SIZE") or accelerator.num_processes)  # on this machine
-                size = max(1, len(cores) // local)
-                env["VLLM_CPU_OMP_THREADS_BIND"] = "|".join(
-                    ",".join(map(str, cores[(i * size) % len(cores) : (i * size) % len(cores) + size]))
-                    for i in range(local)
+                from serve.engine import cpu_core_groups
+
+                # one group of this machine's cores for each of its processes
+                env["VLLM_CPU_OMP_THREADS_BIND"] = cpu_core_groups(
+                    int(os.environ.get("LOCAL_WORLD_SIZE") or processes)
                 )
         if self.external_launcher:
             # One engine per process, as TRL colocates: vLLM joins the launcher's processes, starting none.
